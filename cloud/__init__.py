@@ -1,0 +1,1 @@
+"""The cloud: gRPC ingest, detector tail, stores, REST API, view queue and restore worker."""

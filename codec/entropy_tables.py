@@ -1,0 +1,142 @@
+"""Integer entropy tables and the coder that uses them.
+
+The decoder's probabilities are integer data stored in the bundle, never the output
+of a float network, so decoding is bit-exact on every machine and runtime. Each
+(rate level, channel) has a frequency table over ``2 * radius + 2`` symbols: values
+``-radius..radius`` and one escape symbol; an escaped value is then coded raw with
+a uniform model. The arithmetic is constriction's ANS coder; the tables are handed
+to it as dyadic fractions (count / 2**PRECISION), which it represents exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import constriction
+import numpy as np
+
+PRECISION = 16
+"""Every table sums to 2**PRECISION; constriction's default coder has 24 bits."""
+
+_ESCAPE_BITS = 32
+
+
+class EntropyCodingError(ValueError):
+    """A payload that does not decode under these tables."""
+
+
+def quantize_frequencies(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """Turn nonnegative counts (..., K) into integer tables summing to 2**precision.
+
+    Every symbol keeps at least frequency 1, so anything can still be coded.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    k = counts.shape[-1]
+    total = 1 << precision
+    if k > total:
+        raise ValueError(f"alphabet of {k} symbols does not fit {precision}-bit tables")
+    probs = counts / np.maximum(counts.sum(axis=-1, keepdims=True), 1e-12)
+    freqs = np.floor(probs * (total - k)).astype(np.int64) + 1
+    # Hand the rounding remainder to each table's most frequent symbol.
+    deficit = total - freqs.sum(axis=-1)
+    top = np.argmax(freqs, axis=-1)
+    np.put_along_axis(
+        freqs, top[..., None], np.take_along_axis(freqs, top[..., None], -1) + deficit[..., None], -1
+    )
+    return freqs.astype(np.uint32)
+
+
+@dataclass(frozen=True)
+class EntropyTables:
+    freqs: np.ndarray
+    """uint32 (levels, channels, 2*radius+2); each row sums to 2**PRECISION."""
+    radius: int
+    _models: dict[tuple[int, int], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        levels, channels, k = self.freqs.shape
+        if k != 2 * self.radius + 2:
+            raise ValueError(f"tables have {k} symbols, radius {self.radius} needs {2 * self.radius + 2}")
+        sums = self.freqs.astype(np.int64).sum(axis=-1)
+        if not np.all(sums == 1 << PRECISION) or np.any(self.freqs == 0):
+            raise ValueError(f"every table must be positive and sum to 2**{PRECISION}")
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.freqs.shape[0])
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.freqs.shape[1])
+
+    @property
+    def escape(self) -> int:
+        return 2 * self.radius + 1
+
+    @cached_property
+    def _escape_model(self) -> object:
+        return constriction.stream.model.Uniform(1 << 16)
+
+    def _model(self, level: int, channel: int) -> object:
+        key = (level, channel)
+        model = self._models.get(key)
+        if model is None:
+            probs = self.freqs[level, channel].astype(np.float64) / (1 << PRECISION)
+            model = constriction.stream.model.Categorical(probs, perfect=False)
+            self._models[key] = model
+        return model
+
+    def encode(self, q: np.ndarray, level: int) -> bytes:
+        """Entropy-code integer symbols ``q`` (channels, H, W) at ``level``."""
+        self._check(q.shape[0], level)
+        flat = q.reshape(q.shape[0], -1).astype(np.int64)
+        escaped = np.abs(flat) > self.radius
+        symbols = np.where(escaped, self.escape, flat + self.radius).astype(np.int32)
+        raw = flat[escaped].astype(np.int64)
+        if raw.size and (raw.min() < -(2**31) or raw.max() >= 2**31):
+            raise EntropyCodingError("quantized value outside the 32-bit escape range")
+        coder = constriction.stream.stack.AnsCoder()
+        # ANS is a stack: push what the decoder reads last first.
+        if raw.size:
+            halves = (raw + 2**31).astype(np.uint64)
+            words = np.stack([halves >> 16, halves & 0xFFFF], axis=1).reshape(-1)
+            coder.encode_reverse(words.astype(np.int32), self._escape_model)
+        for c in range(flat.shape[0] - 1, -1, -1):
+            coder.encode_reverse(symbols[c], self._model(level, c))
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def decode(self, payload: bytes, level: int, shape: tuple[int, int, int]) -> np.ndarray:
+        """Inverse of :meth:`encode`; returns int32 (channels, H, W)."""
+        channels, h, w = shape
+        self._check(channels, level)
+        if len(payload) % 4:
+            raise EntropyCodingError(f"payload of {len(payload)} bytes is not whole 32-bit words")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        try:
+            decoder = constriction.stream.stack.AnsCoder(words)
+            symbols = np.empty((channels, h * w), dtype=np.int32)
+            for c in range(channels):
+                symbols[c] = decoder.decode(self._model(level, c), h * w)
+            escaped = symbols == self.escape
+            values = symbols.astype(np.int64) - self.radius
+            n_esc = int(escaped.sum())
+            if n_esc:
+                halves = decoder.decode(self._escape_model, 2 * n_esc).astype(np.int64)
+                values[escaped] = ((halves[0::2] << 16) | halves[1::2]) - 2**31
+            leftover = not decoder.is_empty()
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise EntropyCodingError(f"payload does not decode: {exc}") from exc
+        if leftover:
+            raise EntropyCodingError("payload has data left after the last symbol")
+        return values.astype(np.int32).reshape(channels, h, w)
+
+    def _check(self, channels: int, level: int) -> None:
+        if not 0 <= level < self.num_levels:
+            raise EntropyCodingError(f"rate level {level} outside 0..{self.num_levels - 1}")
+        if channels != self.num_channels:
+            raise EntropyCodingError(
+                f"tensor has {channels} channels, the tables have {self.num_channels}"
+            )

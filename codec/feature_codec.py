@@ -1,0 +1,105 @@
+"""Feature codecs: a split tensor in, bytes out, and back.
+
+    features (C,H,W) float32
+        │  normalize per channel: (x - mean_c) / scale_c
+        │  uniform quantization with the level's step: q = round(x̃ / step_l)
+        ▼
+    q (C,H,W) int32 ──► EntropyTables.encode ──► payload bytes
+
+The uniform codec needs no training: its statistics (per-channel mean/scale and
+the integer tables) are fitted on sample images when a bundle is exported. It
+stays as the baseline once the learned codec arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from codec.entropy_tables import EntropyTables
+
+
+@dataclass(frozen=True)
+class EncodedFeatures:
+    rate_level: int
+    latent_shape: tuple[int, int, int]
+    payload: bytes
+
+
+class FeatureCodec(Protocol):
+    codec_id: ClassVar[int]
+    name: ClassVar[str]
+
+    @property
+    def num_levels(self) -> int: ...
+
+    def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures: ...
+
+    def decompress(self, encoded: EncodedFeatures) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class UniformFeatureCodec:
+    """Per-channel normalized uniform quantizer + factorized integer tables."""
+
+    codec_id: ClassVar[int] = 0
+    name: ClassVar[str] = "uniform"
+
+    mean: np.ndarray
+    """float32 (C,)"""
+    scale: np.ndarray
+    """float32 (C,), strictly positive"""
+    steps: np.ndarray
+    """float32 (levels,), quantization step per rate level, coarsest first"""
+    tables: EntropyTables
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.steps.shape[0])
+
+    def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
+        x = (features.astype(np.float32) - self.mean[:, None, None]) / self.scale[:, None, None]
+        return np.rint(x / self.steps[rate_level]).astype(np.int32)
+
+    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
+        x = q.astype(np.float32) * self.steps[rate_level]
+        return x * self.scale[:, None, None] + self.mean[:, None, None]
+
+    def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures:
+        if features.ndim != 3:
+            raise ValueError(f"features must be (C,H,W), got shape {features.shape}")
+        q = self.quantize(features, rate_level)
+        shape = (int(q.shape[0]), int(q.shape[1]), int(q.shape[2]))
+        return EncodedFeatures(rate_level, shape, self.tables.encode(q, rate_level))
+
+    def decompress(self, encoded: EncodedFeatures) -> np.ndarray:
+        q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
+        return self.dequantize(q, encoded.rate_level)
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            mean=self.mean,
+            scale=self.scale,
+            steps=self.steps,
+            freqs=self.tables.freqs,
+            radius=np.int32(self.tables.radius),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> UniformFeatureCodec:
+        with np.load(path) as z:
+            tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
+            return cls(
+                z["mean"].astype(np.float32),
+                z["scale"].astype(np.float32),
+                z["steps"].astype(np.float32),
+                tables,
+            )
+
+
+CODECS: dict[str, type[UniformFeatureCodec]] = {UniformFeatureCodec.name: UniformFeatureCodec}
+CODEC_IDS: dict[int, str] = {cls.codec_id: name for name, cls in CODECS.items()}

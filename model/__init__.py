@@ -1,0 +1,1 @@
+"""Model lifecycle (torch): split a detector, fit and export bundles, evaluate them."""
