@@ -1,0 +1,86 @@
+"""Bitstream bytes → split features, checked against the cloud's bundle.
+
+    bytes ─► FrameBitstream.from_bytes (magic, version, length, crc)
+          ─► check bundle tag, codec, rate level, channels, geometry
+          ─► FeatureCodec.decompress (integer tables, bit-exact) ─► DecodedFrame
+
+Every failure raises InvalidFrame with a message that names the bad field; the
+ingest servicer turns it into INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codec.bitstream import BitstreamError, FrameBitstream
+from codec.bundle import Bundle
+from codec.entropy_tables import EntropyCodingError
+from codec.feature_codec import EncodedFeatures
+from codec.geometry import Letterbox
+
+
+class InvalidFrame(ValueError):
+    """A frame the cloud cannot decode; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    bitstream: FrameBitstream
+    features: np.ndarray
+    """float32 (C, h, w), dequantized"""
+    geometry: Letterbox
+
+
+class FrameDecoder:
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.codec = bundle.load_codec()
+        info = bundle.manifest.detector
+        self.stride, self.input_size, self.channels = info.stride, info.input_size, info.channels
+
+    def parse(self, data: bytes) -> FrameBitstream:
+        try:
+            frame = FrameBitstream.from_bytes(data)
+        except BitstreamError as exc:
+            raise InvalidFrame(str(exc)) from exc
+        if frame.bundle_tag != self.bundle.tag:
+            raise InvalidFrame(
+                f"bitstream bundle tag {frame.bundle_tag.hex()} does not match the cloud's "
+                f"bundle {self.bundle.tag.hex()}"
+            )
+        if frame.codec_id != self.codec.codec_id:
+            raise InvalidFrame(
+                f"codec id {frame.codec_id} is not the bundle's {self.codec.codec_id}"
+            )
+        if frame.rate_level >= self.codec.num_levels:
+            raise InvalidFrame(
+                f"rate_level {frame.rate_level} outside 0..{self.codec.num_levels - 1}"
+            )
+        return frame
+
+    def geometry(self, frame: FrameBitstream) -> Letterbox:
+        geometry = Letterbox.fit(frame.image_size, self.input_size, 32)
+        c, h, w = frame.latent_shape
+        expected = (
+            self.channels,
+            geometry.input_size[1] // self.stride,
+            geometry.input_size[0] // self.stride,
+        )
+        if (c, h, w) != expected:
+            raise InvalidFrame(
+                f"latent shape {frame.latent_shape} does not match image size "
+                f"{frame.image_size} (expected {expected})"
+            )
+        return geometry
+
+    def decode(self, data: bytes) -> DecodedFrame:
+        frame = self.parse(data)
+        geometry = self.geometry(frame)
+        encoded = EncodedFeatures(frame.rate_level, frame.latent_shape, frame.payload)
+        try:
+            features = self.codec.decompress(encoded)
+        except EntropyCodingError as exc:
+            raise InvalidFrame(f"payload: {exc}") from exc
+        return DecodedFrame(frame, features, geometry)

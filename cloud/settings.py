@@ -1,0 +1,33 @@
+"""CloudSettings: the one settings class of ``fchm cloud serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FCHM_CLOUD_", extra="forbid")
+
+    bundle: Path = Field(Path("bundles/default"), description="Model bundle directory")
+    data_dir: Path = Field(Path("var/cloud"), description="Blob directory (and SQLite file)")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/fchm.db"
+    )
+    grpc_host: str = Field("127.0.0.1", description="gRPC ingest bind address")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC ingest port (0: any free)")
+    http_host: str = Field("127.0.0.1", description="REST API bind address")
+    http_port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free)")
+    detector_conf: float = Field(0.25, gt=0, lt=1, description="Minimum detection score")
+    detector_iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold")
+    max_message_bytes: int = Field(
+        4 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
+    )
+    max_queued_views: int = Field(64, ge=1, description="View jobs waiting before 503")
+    view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")
+    onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'fchm.db'}"

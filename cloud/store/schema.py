@@ -1,0 +1,84 @@
+"""Tables. Times are integer nanoseconds since the Unix epoch (UTC): exact, and the
+same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+cameras = Table(
+    "cameras",
+    metadata,
+    Column("camera_id", String(128), primary_key=True),
+    Column("bundle_hash", String(64), nullable=False),
+    Column("first_seen_ns", BigInteger, nullable=False),
+    Column("last_seen_ns", BigInteger, nullable=False),
+    Column("clock_offset_ns", BigInteger, nullable=False, default=0),
+    Column("agent_version", String(64), nullable=False, default=""),
+)
+
+frames = Table(
+    "frames",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("camera_id", String(128), ForeignKey("cameras.camera_id"), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("capture_time_ns", BigInteger, nullable=False),
+    Column("received_time_ns", BigInteger, nullable=False),
+    Column("rate_level", Integer, nullable=False),
+    Column("num_bytes", Integer, nullable=False),
+    Column("image_width", Integer, nullable=False),
+    Column("image_height", Integer, nullable=False),
+    Column("num_detections", Integer, nullable=False),
+    Column("bitstream_key", String(256), nullable=False),
+    UniqueConstraint("camera_id", "sequence", name="uq_frames_camera_sequence"),
+    Index("ix_frames_camera_time", "camera_id", "capture_time_ns", "id"),
+)
+
+detections = Table(
+    "detections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("frame_id", Integer, ForeignKey("frames.id"), nullable=False),
+    Column("camera_id", String(128), nullable=False),
+    Column("capture_time_ns", BigInteger, nullable=False),
+    Column("class_id", Integer, nullable=False),
+    Column("label", String(128), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("x1", Float, nullable=False),
+    Column("y1", Float, nullable=False),
+    Column("x2", Float, nullable=False),
+    Column("y2", Float, nullable=False),
+    Index("ix_detections_time", "capture_time_ns", "id"),
+    Index("ix_detections_camera_time", "camera_id", "capture_time_ns", "id"),
+    Index("ix_detections_label_time", "label", "capture_time_ns", "id"),
+    Index("ix_detections_frame", "frame_id"),
+)
+
+views = Table(
+    "views",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("frame_id", Integer, ForeignKey("frames.id"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("started_ns", BigInteger),
+    Column("finished_ns", BigInteger),
+    Column("error", Text),
+    Column("image_key", String(256)),
+    Index("ix_views_status", "status", "created_ns"),
+)
