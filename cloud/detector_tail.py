@@ -1,7 +1,7 @@
 """Decoded split features → detections in original-image pixels.
 
-    features (C,h,w) ─► tail.onnx (layers k+1..Detect) ─► (4+nc, anchors)
-        ─► best class per anchor, score ≥ conf ─► class-aware NMS (OpenCV) ─► Detection[]
+features (C,h,w) ─► tail.onnx (layers k+1..Detect) ─► (4+nc, anchors)
+    ─► best class per anchor, score ≥ conf ─► class-aware NMS (OpenCV) ─► Detection[]
 """
 
 from __future__ import annotations

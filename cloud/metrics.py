@@ -13,9 +13,7 @@ class CloudMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.frames = Counter(
-            "fchm_ingest_frames", "Frames stored", ["camera"], registry=r
-        )
+        self.frames = Counter("fchm_ingest_frames", "Frames stored", ["camera"], registry=r)
         self.duplicates = Counter(
             "fchm_ingest_duplicate_frames", "Replayed frames acknowledged again", registry=r
         )
@@ -23,9 +21,7 @@ class CloudMetrics:
             "fchm_ingest_rejected", "Streams ended with an error status", ["code"], registry=r
         )
         self.bytes = Counter("fchm_ingest_bytes", "Bitstream bytes stored", registry=r)
-        self.detections = Counter(
-            "fchm_detections", "Detections stored", ["label"], registry=r
-        )
+        self.detections = Counter("fchm_detections", "Detections stored", ["label"], registry=r)
         self.stage_seconds = Histogram(
             "fchm_stage_seconds",
             "Time per frame in each cloud stage",

@@ -22,6 +22,9 @@ class CloudSettings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535, description="REST API port (0: any free)")
     detector_conf: float = Field(0.25, gt=0, lt=1, description="Minimum detection score")
     detector_iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold")
+    rate_hint: int | None = Field(
+        None, ge=0, description="Rate level advised to every edge at connect (none: no advice)"
+    )
     max_message_bytes: int = Field(
         4 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
     )

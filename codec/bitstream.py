@@ -61,9 +61,7 @@ class FrameBitstream:
             raise BitstreamError(
                 f"bitstream is {len(data)} bytes, shorter than the {OVERHEAD_BYTES}-byte framing"
             )
-        magic, version, codec_id, level, _flags, tag, iw, ih, c, h, w, n = _HEADER.unpack_from(
-            data
-        )
+        magic, version, codec_id, level, _flags, tag, iw, ih, c, h, w, n = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise BitstreamError(f"bad magic {magic!r}, expected {MAGIC!r}")
         if version != VERSION:

@@ -42,7 +42,10 @@ def quantize_frequencies(counts: np.ndarray, precision: int = PRECISION) -> np.n
     deficit = total - freqs.sum(axis=-1)
     top = np.argmax(freqs, axis=-1)
     np.put_along_axis(
-        freqs, top[..., None], np.take_along_axis(freqs, top[..., None], -1) + deficit[..., None], -1
+        freqs,
+        top[..., None],
+        np.take_along_axis(freqs, top[..., None], -1) + deficit[..., None],
+        -1,
     )
     return freqs.astype(np.uint32)
 
@@ -59,7 +62,9 @@ class EntropyTables:
     def __post_init__(self) -> None:
         levels, channels, k = self.freqs.shape
         if k != 2 * self.radius + 2:
-            raise ValueError(f"tables have {k} symbols, radius {self.radius} needs {2 * self.radius + 2}")
+            raise ValueError(
+                f"tables have {k} symbols, radius {self.radius} needs {2 * self.radius + 2}"
+            )
         sums = self.freqs.astype(np.int64).sum(axis=-1)
         if not np.all(sums == 1 << PRECISION) or np.any(self.freqs == 0):
             raise ValueError(f"every table must be positive and sum to 2**{PRECISION}")

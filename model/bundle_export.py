@@ -174,7 +174,9 @@ def _collect_features(
     return features, images
 
 
-def fit_uniform_codec(features: list[np.ndarray], steps: np.ndarray, radius: int) -> UniformFeatureCodec:
+def fit_uniform_codec(
+    features: list[np.ndarray], steps: np.ndarray, radius: int
+) -> UniformFeatureCodec:
     channels = features[0].shape[0]
     flat = np.concatenate([f.reshape(channels, -1) for f in features], axis=1)
     mean = flat.mean(axis=1).astype(np.float32)

@@ -36,7 +36,9 @@ def load_detector(weights: str | Path, num_classes: int | None = None) -> nn.Mod
     else:
         model, _ = load_checkpoint(weights)
     if type(model).__name__ != "DetectionModel":
-        raise ValueError(f"{weights} is a {type(model).__name__}, not an Ultralytics detection model")
+        raise ValueError(
+            f"{weights} is a {type(model).__name__}, not an Ultralytics detection model"
+        )
     return model.float().fuse().eval()  # type: ignore[operator]
 
 
@@ -75,7 +77,9 @@ def check_split(model: nn.Module, split_layer: int) -> None:
         )
 
 
-def _run(layers: list[nn.Module], x: torch.Tensor, outputs: dict[int, torch.Tensor]) -> torch.Tensor:
+def _run(
+    layers: list[nn.Module], x: torch.Tensor, outputs: dict[int, torch.Tensor]
+) -> torch.Tensor:
     # Ultralytics' _predict_once, over a slice of the layer list.
     for layer in layers:
         f = layer.f  # type: ignore[attr-defined]

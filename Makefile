@@ -1,0 +1,61 @@
+# FCHM — every target sets up what it needs; `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUNDLE := bundles/default
+# Offline: nothing is fetched from a model hub at run time.
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help setup proto bundle demo test test-all lint bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+	# CPU torch first: a local wheel here (see constraints.txt for why it is pinned).
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[edge,cloud,train,dev,demo]'
+	mkdir -p $(YOLO_CONFIG_DIR)
+	# Ultralytics' plotting wants Arial.ttf in its config dir; any TTF will do.
+	test -f $(YOLO_CONFIG_DIR)/Arial.ttf || cp "$$($(PY) -c 'import matplotlib, pathlib; print(pathlib.Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSans.ttf")')" $(YOLO_CONFIG_DIR)/Arial.ttf
+	touch $@
+
+setup: $(VENV)/.installed proto ## Create the venv and install everything (idempotent)
+
+PROTOS := $(wildcard proto/fchm/v1/*.proto)
+proto: $(VENV)/.installed fchm/v1/ingest_pb2.py ## Generate gRPC stubs from proto/
+
+fchm/v1/ingest_pb2.py: $(PROTOS) | $(VENV)/.installed
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+
+$(BUNDLE)/manifest.json: | setup
+	$(PY) -m fchm model export --out $(BUNDLE)
+
+bundle: setup $(BUNDLE)/manifest.json ## Export the default bundle (packaged person detector)
+
+demo: setup bundle ## Run the whole path end to end: edge → gRPC → cloud → REST → view
+	$(PY) -m fchm demo --bundle $(BUNDLE) --out demo-out
+
+test: setup ## Run the default test suite (no slow/gpu tests)
+	$(PY) -m pytest -q
+
+test-all: setup ## Run every test, slow ones included
+	$(PY) -m pytest -q -m ''
+
+lint: setup ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: setup bundle ## Benchmarks; tables go to bench/results/
+	$(PY) bench/rate_vs_jpeg.py --bundle $(BUNDLE) --out bench/results
+
+clean: ## Remove the venv, generated stubs, bundles and outputs
+	rm -rf $(VENV) fchm/v1/*_pb2*.py fchm/v1/*_pb2*.pyi bundles var demo-out

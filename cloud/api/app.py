@@ -1,0 +1,63 @@
+"""create_app: the REST API over the services the server built.
+
+    CloudSettings, Services ─► FastAPI(title, version, lifespan)
+        ├─ /v1/cameras      cameras.py
+        ├─ /v1/detections   detections.py
+        ├─ /v1/frames       frames.py
+        ├─ /v1/views        views.py
+        └─ /healthz /readyz /metrics   health.py
+    every error ─► errors.handle_error ─► {"error": {"status", "message", "field"}}
+
+The app starts no background work: the server's lifespan hook starts the restore
+workers (``cloud.restore_worker.start_view_workers``) and ingest.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+
+from cloud.api import cameras, detections, frames, health, views
+from cloud.api.deps import Services
+from cloud.api.errors import install_error_handlers
+from cloud.settings import CloudSettings
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+DESCRIPTION = """\
+Machine-first split inference for cameras. Cameras stream a few hundred bytes of
+coded detector features per frame; the cloud finishes detection on arrival and keeps
+the bitstream. A person who wants to *see* a frame requests a view (`POST /v1/views`),
+which is restored from that same bitstream.
+
+Times are given as ISO-8601 UTC and as integer nanoseconds since the epoch. Lists are
+ordered by capture time and paged with an opaque `cursor`. Every error has the body
+`{"error": {"status", "message", "field"}}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fchm")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(
+    settings: CloudSettings, services: Services, lifespan: Lifespan | None = None
+) -> FastAPI:
+    app = FastAPI(
+        title="FCHM cloud",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.services = services
+    install_error_handlers(app)
+    for module in (cameras, detections, frames, views, health):
+        app.include_router(module.router)
+    return app

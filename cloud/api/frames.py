@@ -1,0 +1,84 @@
+"""GET /v1/frames, /v1/frames/{id} (with its detections), /v1/frames/{id}/bitstream."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+
+from cloud.api.deps import StoreDep
+from cloud.api.errors import ApiError
+from cloud.api.params import (
+    CameraQ,
+    CursorQ,
+    LimitQ,
+    SinceQ,
+    UntilQ,
+    decode_cursor,
+    page,
+    time_window,
+)
+from cloud.api.schemas import DetectionOut, FrameDetail, FrameOut, FramePage, error_responses
+from cloud.store.frame_store import FrameStore
+from cloud.store.records import DetectionQuery, FrameRecord
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/frames", tags=["frames"])
+
+MAX_DETECTIONS_PER_FRAME = 1000  # the detector tail keeps at most 300
+
+
+@router.get("", summary="List frames", responses=error_responses(400, 422))
+def list_frames(
+    store: StoreDep,
+    camera: CameraQ = None,
+    since: SinceQ = None,
+    until: UntilQ = None,
+    limit: LimitQ = 100,
+    cursor: CursorQ = None,
+) -> FramePage:
+    """Frames ordered by capture time (then id). Follow `next_cursor` for more."""
+    since_ns, until_ns = time_window(since, until)
+    found = store.list_frames(camera, since_ns, until_ns, limit + 1, decode_cursor(cursor))
+    rows, next_cursor = page(found, limit, lambda f: (f.capture_time_ns, f.id or 0))
+    return FramePage(items=[FrameOut.of(f) for f in rows], next_cursor=next_cursor)
+
+
+@router.get("/{frame_id}", summary="One frame and its detections", responses=error_responses(404))
+def get_frame(frame_id: int, store: StoreDep) -> FrameDetail:
+    frame = _frame_or_404(store, frame_id)
+    found = store.query_detections(
+        DetectionQuery(frame_id=frame_id, limit=MAX_DETECTIONS_PER_FRAME)
+    )
+    return FrameDetail.model_validate(
+        {**FrameOut.fields_of(frame), "detections": [DetectionOut.of(d) for d in found]}
+    )
+
+
+@router.get(
+    "/{frame_id}/bitstream",
+    summary="The frame's stored bitstream, byte for byte",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404, 500)},
+)
+def get_bitstream(frame_id: int, store: StoreDep) -> Response:
+    frame = _frame_or_404(store, frame_id)
+    try:
+        data = store.read_bitstream(frame)
+    except FileNotFoundError as exc:
+        log.error("frame %d: bitstream blob %s is missing", frame_id, frame.bitstream_key)
+        raise ApiError(500, f"the bitstream of frame {frame_id} is missing from storage") from exc
+    name = f"frame-{frame_id}.fchm"  # not the camera id: it may not be header-safe
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _frame_or_404(store: FrameStore, frame_id: int) -> FrameRecord:
+    frame = store.get_frame(frame_id)
+    if frame is None:
+        raise ApiError(404, f"frame {frame_id} does not exist", field="frame_id")
+    return frame

@@ -1,0 +1,225 @@
+"""Response and request bodies. Times appear twice: ISO-8601 UTC (``time``) for people
+and integer ns since the epoch (``time_ns``) for exact round trips."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.api.params import iso_utc, optional_iso
+from cloud.restorers import RESTORERS
+from cloud.store.records import CameraRecord, DetectionRecord, FrameRecord, ViewRecord
+
+# ── errors ───────────────────────────────────────────────────────────────────
+
+
+class ErrorDetail(BaseModel):
+    status: int = Field(description="HTTP status code")
+    message: str = Field(description="What is wrong, naming the bad parameter")
+    field: str | None = Field(description="The bad parameter or body field, if one")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+# ── cameras ──────────────────────────────────────────────────────────────────
+
+
+class CameraOut(BaseModel):
+    camera_id: str
+    bundle_hash: str = Field(description="Bundle the camera's agent announced")
+    first_seen: str
+    first_seen_ns: int
+    last_seen: str
+    last_seen_ns: int
+    num_frames: int
+    clock_offset_ns: int = Field(description="Cloud clock minus edge clock at the handshake")
+    agent_version: str
+
+    @classmethod
+    def of(cls, c: CameraRecord) -> CameraOut:
+        return cls(
+            camera_id=c.camera_id,
+            bundle_hash=c.bundle_hash,
+            first_seen=iso_utc(c.first_seen_ns),
+            first_seen_ns=c.first_seen_ns,
+            last_seen=iso_utc(c.last_seen_ns),
+            last_seen_ns=c.last_seen_ns,
+            num_frames=c.num_frames,
+            clock_offset_ns=c.clock_offset_ns,
+            agent_version=c.agent_version,
+        )
+
+
+class CameraList(BaseModel):
+    items: list[CameraOut]
+
+
+# ── detections ───────────────────────────────────────────────────────────────
+
+
+class Box(BaseModel):
+    """Corners in original-image pixels."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class DetectionOut(BaseModel):
+    id: int
+    frame_id: int
+    camera: str
+    time: str = Field(description="Capture time, ISO-8601 UTC")
+    time_ns: int = Field(description="Capture time, ns since the epoch")
+    label: str
+    class_id: int
+    score: float
+    box: Box
+
+    @classmethod
+    def of(cls, d: DetectionRecord) -> DetectionOut:
+        x1, y1, x2, y2 = d.box
+        return cls(
+            id=d.id,
+            frame_id=d.frame_id,
+            camera=d.camera_id,
+            time=iso_utc(d.capture_time_ns),
+            time_ns=d.capture_time_ns,
+            label=d.label,
+            class_id=d.class_id,
+            score=d.score,
+            box=Box(x1=x1, y1=y1, x2=x2, y2=y2),
+        )
+
+
+class DetectionPage(BaseModel):
+    items: list[DetectionOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+# ── frames ───────────────────────────────────────────────────────────────────
+
+
+class FrameLinks(BaseModel):
+    self: str
+    bitstream: str
+
+
+class FrameOut(BaseModel):
+    id: int
+    camera: str
+    sequence: int
+    time: str = Field(description="Capture time (cloud clock), ISO-8601 UTC")
+    time_ns: int
+    received_time: str
+    received_time_ns: int
+    rate_level: int = Field(description="Rate level the edge coded this frame at")
+    num_bytes: int = Field(description="Whole bitstream size, headers included")
+    image_width: int
+    image_height: int
+    num_detections: int
+    links: FrameLinks
+
+    @classmethod
+    def fields_of(cls, f: FrameRecord) -> dict[str, object]:
+        assert f.id is not None, "frames read from the store have ids"
+        return dict(
+            id=f.id,
+            camera=f.camera_id,
+            sequence=f.sequence,
+            time=iso_utc(f.capture_time_ns),
+            time_ns=f.capture_time_ns,
+            received_time=iso_utc(f.received_time_ns),
+            received_time_ns=f.received_time_ns,
+            rate_level=f.rate_level,
+            num_bytes=f.num_bytes,
+            image_width=f.image_width,
+            image_height=f.image_height,
+            num_detections=f.num_detections,
+            links=FrameLinks(self=f"/v1/frames/{f.id}", bitstream=f"/v1/frames/{f.id}/bitstream"),
+        )
+
+    @classmethod
+    def of(cls, f: FrameRecord) -> FrameOut:
+        return cls.model_validate(cls.fields_of(f))
+
+
+class FrameDetail(FrameOut):
+    detections: list[DetectionOut]
+
+
+class FramePage(BaseModel):
+    items: list[FrameOut]
+    next_cursor: str | None
+
+
+# ── views ────────────────────────────────────────────────────────────────────
+
+
+class ViewRequest(BaseModel):
+    """Either ``frame_id``, or ``camera`` and ``sequence``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame_id: int | None = Field(None, ge=1, description="Frame to view")
+    camera: str | None = Field(None, max_length=128, description="Camera of the frame")
+    sequence: int | None = Field(None, ge=0, description="The frame's sequence on that camera")
+    kind: str = Field("preview", description=f"View kind, one of {sorted(RESTORERS)}")
+
+
+class ViewLinks(BaseModel):
+    self: str
+    image: str
+
+
+class ViewOut(BaseModel):
+    id: str
+    status: str = Field(description="queued | running | done | failed")
+    kind: str
+    description: str = Field(description="What this kind of view is")
+    frame_id: int
+    created: str
+    created_ns: int
+    started: str | None
+    started_ns: int | None
+    finished: str | None
+    finished_ns: int | None
+    error: str | None = Field(description="Why the job failed (status failed)")
+    links: ViewLinks
+
+    @classmethod
+    def of(cls, v: ViewRecord) -> ViewOut:
+        restorer = RESTORERS.get(v.kind)
+        return cls(
+            id=v.id,
+            status=v.status,
+            kind=v.kind,
+            description=restorer.description if restorer else f"unknown view kind {v.kind!r}",
+            frame_id=v.frame_id,
+            created=iso_utc(v.created_ns),
+            created_ns=v.created_ns,
+            started=optional_iso(v.started_ns),
+            started_ns=v.started_ns,
+            finished=optional_iso(v.finished_ns),
+            finished_ns=v.finished_ns,
+            error=v.error,
+            links=ViewLinks(self=f"/v1/views/{v.id}", image=f"/v1/views/{v.id}/image"),
+        )
+
+
+# ── health ───────────────────────────────────────────────────────────────────
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, bool]

@@ -1,0 +1,112 @@
+"""Human views: POST /v1/views queues a job, GET /v1/views/{id} polls it,
+GET /v1/views/{id}/image fetches the PNG once it is done.
+
+    POST {frame_id | camera+sequence, kind} ─► ViewQueue.submit ─► 202 {id, links}
+    GET  /v1/views/{id}        ─► job row (status, times, error, what the kind is)
+    GET  /v1/views/{id}/image  ─► image/png │ 409 not done yet │ 404 unknown
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from cloud.api.deps import StoreDep, ViewsDep
+from cloud.api.errors import ApiError
+from cloud.api.schemas import ViewOut, ViewRequest, error_responses
+from cloud.store.frame_store import FrameStore
+from cloud.store.records import ViewRecord
+from cloud.view_queue import QueueFull, UnknownFrame, UnknownViewKind
+
+router = APIRouter(prefix="/v1/views", tags=["views"])
+
+RETRY_AFTER_S = 5
+ViewId = Annotated[str, Path(max_length=64, description="View job id")]
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Request a human view of a frame",
+    responses=error_responses(400, 404, 422, 503),
+)
+def create_view(body: ViewRequest, store: StoreDep, views: ViewsDep, response: Response) -> ViewOut:
+    """Queue a job that restores an image from the frame's bitstream; poll `links.self`."""
+    if body.kind not in views.kinds:
+        raise ApiError(
+            400,
+            f"body field 'kind': unknown view kind {body.kind!r}; known kinds: "
+            f"{sorted(views.kinds)}",
+            field="kind",
+        )
+    frame_id = _resolve_frame(body, store)
+    try:
+        view = views.submit(frame_id, body.kind)
+    except UnknownViewKind as exc:
+        raise ApiError(400, f"body field 'kind': {exc}", field="kind") from exc
+    except UnknownFrame as exc:
+        raise ApiError(404, str(exc), field="frame_id") from exc
+    except QueueFull as exc:
+        raise ApiError(
+            503, f"{exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from exc
+    response.headers["Location"] = f"/v1/views/{view.id}"
+    return ViewOut.of(view)
+
+
+@router.get("/{view_id}", summary="A view job's status", responses=error_responses(404))
+def get_view(view_id: ViewId, store: StoreDep) -> ViewOut:
+    return ViewOut.of(_view_or_404(store, view_id))
+
+
+@router.get(
+    "/{view_id}/image",
+    summary="The rendered view (PNG) once the job is done",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409)},
+)
+def get_view_image(view_id: ViewId, store: StoreDep) -> Response:
+    view = _view_or_404(store, view_id)
+    if view.status != "done" or view.image_key is None:
+        detail = f": {view.error}" if view.status == "failed" else "; poll the view and retry"
+        raise ApiError(
+            409,
+            f"view {view_id} is {view.status}, it has no image{detail}",
+            view_status=view.status,
+        )
+    return Response(
+        store.blobs.get(view.image_key),
+        media_type="image/png",
+        # A view's image never changes once written.
+        headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )
+
+
+def _resolve_frame(body: ViewRequest, store: FrameStore) -> int:
+    if body.frame_id is not None:
+        if body.camera is not None or body.sequence is not None:
+            raise ApiError(
+                422, "body: give either 'frame_id' or 'camera' and 'sequence', not both", "frame_id"
+            )
+        return body.frame_id
+    if body.camera is None or body.sequence is None:
+        if body.camera is None and body.sequence is None:
+            raise ApiError(422, "body: give 'frame_id', or 'camera' and 'sequence'", "frame_id")
+        missing = "camera" if body.camera is None else "sequence"
+        raise ApiError(422, f"body field '{missing}': needed with the other one", missing)
+    frame = store.find_frame(body.camera, body.sequence)
+    if frame is None or frame.id is None:
+        raise ApiError(
+            404,
+            f"camera {body.camera!r} has no frame with sequence {body.sequence}",
+            field="sequence",
+        )
+    return frame.id
+
+
+def _view_or_404(store: FrameStore, view_id: str) -> ViewRecord:
+    view = store.get_view(view_id)
+    if view is None:
+        raise ApiError(404, f"view {view_id} does not exist", field="view_id")
+    return view

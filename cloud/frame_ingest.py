@@ -1,0 +1,82 @@
+"""One received frame → stored frame + detections (what an Ack promises).
+
+    bitstream ─► duplicate? ──yes──► StoredFrame(duplicate=True)
+                   │ no
+                   ▼
+               FrameDecoder (decode) ─► DetectorTail (nn_part_2) ─► FrameStore (store)
+
+Blocking work (ORT, SQLite, fsync): the servicer calls ``ingest`` in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cloud.detector_tail import DetectorTail
+from cloud.frame_decoder import FrameDecoder, InvalidFrame
+from cloud.metrics import CloudMetrics
+from cloud.store.frame_store import FrameStore
+from cloud.store.records import FrameRecord, StoredFrame
+
+
+@dataclass(frozen=True)
+class ReceivedFrame:
+    camera_id: str
+    sequence: int
+    capture_time_ns: int
+    """edge clock"""
+    rate_level: int
+    bitstream: bytes
+
+
+class FrameIngest:
+    def __init__(
+        self, decoder: FrameDecoder, tail: DetectorTail, store: FrameStore, metrics: CloudMetrics
+    ) -> None:
+        self.decoder, self.tail, self.store, self.metrics = decoder, tail, store, metrics
+
+    def ingest(self, frame: ReceivedFrame, clock_offset_ns: int) -> StoredFrame:
+        existing = self.store.find_frame(frame.camera_id, frame.sequence)
+        if existing is not None and existing.id is not None:
+            self.metrics.duplicates.inc()
+            return StoredFrame(existing.id, True, existing.num_detections)
+
+        t0 = time.perf_counter()
+        decoded = self.decoder.decode(frame.bitstream)
+        if decoded.bitstream.rate_level != frame.rate_level:
+            raise InvalidFrame(
+                f"rate_level {frame.rate_level} differs from the bitstream's "
+                f"{decoded.bitstream.rate_level}"
+            )
+        t1 = time.perf_counter()
+        found = self.tail(decoded.features, decoded.geometry)
+        t2 = time.perf_counter()
+        width, height = decoded.bitstream.image_size
+        stored = self.store.store_frame(
+            FrameRecord(
+                camera_id=frame.camera_id,
+                sequence=frame.sequence,
+                capture_time_ns=frame.capture_time_ns + clock_offset_ns,
+                received_time_ns=time.time_ns(),
+                rate_level=frame.rate_level,
+                num_bytes=len(frame.bitstream),
+                image_width=width,
+                image_height=height,
+            ),
+            found,
+            frame.bitstream,
+        )
+        t3 = time.perf_counter()
+
+        m = self.metrics
+        for stage, seconds in (("decode", t1 - t0), ("nn_part_2", t2 - t1), ("store", t3 - t2)):
+            m.stage_seconds.labels(stage).observe(seconds)
+        if stored.duplicate:
+            m.duplicates.inc()
+        else:
+            m.frames.labels(frame.camera_id).inc()
+            m.bytes.inc(len(frame.bitstream))
+            for d in found:
+                m.detections.labels(d.label).inc()
+        return stored

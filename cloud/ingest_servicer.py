@@ -1,0 +1,128 @@
+"""gRPC Ingest servicer: thin, over FrameIngest and FrameStore.
+
+Protocol per stream: Hello → Welcome (+ RateHint) → (Frame → Ack)*. Errors end the
+stream with a status: FAILED_PRECONDITION for a missing Hello or another bundle,
+INVALID_ARGUMENT for a bad camera id or a malformed frame. A rejected frame is not
+stored; what was acknowledged before stays stored, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from cloud.frame_decoder import InvalidFrame
+from cloud.frame_ingest import FrameIngest, ReceivedFrame
+from fchm.v1 import ingest_pb2, ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServicer):
+    def __init__(
+        self, ingest: FrameIngest, bundle_hash: str, num_levels: int, rate_hint: int | None
+    ) -> None:
+        self.ingest = ingest
+        self.bundle_hash = bundle_hash
+        self.num_levels = num_levels
+        self.rate_hint = rate_hint
+
+    async def Stream(  # noqa: N802 — the gRPC method name
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UplinkMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ingest_pb2.DownlinkMessage]:
+        metrics = self.ingest.metrics
+        metrics.streams.inc()
+        try:
+            first = await anext(aiter(request_iterator), None)
+            hello = await self._check_hello(first, context)
+            offset = time.time_ns() - hello.edge_time_ns
+            next_sequence = await asyncio.to_thread(
+                self.ingest.store.register_camera,
+                hello.camera_id,
+                hello.bundle_hash,
+                offset,
+                hello.agent_version[:64],
+            )
+            log.info("camera %s connected (next sequence %d)", hello.camera_id, next_sequence)
+            yield ingest_pb2.DownlinkMessage(
+                welcome=ingest_pb2.Welcome(
+                    cloud_time_ns=time.time_ns(),
+                    clock_offset_ns=offset,
+                    next_sequence=next_sequence,
+                    num_rate_levels=self.num_levels,
+                )
+            )
+            if self.rate_hint is not None:
+                yield ingest_pb2.DownlinkMessage(
+                    rate_hint=ingest_pb2.RateHint(rate_level=self.rate_hint, reason="operator")
+                )
+            async for message in request_iterator:
+                if message.WhichOneof("kind") != "frame":
+                    await self._abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "Hello may only be sent once, as the first message",
+                    )
+                f = message.frame
+                received = ReceivedFrame(
+                    hello.camera_id, f.sequence, f.capture_time_ns, f.rate_level, f.bitstream
+                )
+                try:
+                    stored = await asyncio.to_thread(self.ingest.ingest, received, offset)
+                except InvalidFrame as exc:
+                    await self._abort(
+                        context,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"frame {f.sequence} of camera {hello.camera_id}: {exc}",
+                    )
+                yield ingest_pb2.DownlinkMessage(
+                    ack=ingest_pb2.Ack(
+                        sequence=f.sequence,
+                        duplicate=stored.duplicate,
+                        num_detections=stored.num_detections,
+                    )
+                )
+        finally:
+            metrics.streams.dec()
+
+    async def _check_hello(
+        self, first: ingest_pb2.UplinkMessage | None, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Hello:
+        if first is None or first.WhichOneof("kind") != "hello":
+            await self._abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the first message of a stream must be Hello",
+            )
+        assert first is not None
+        hello = first.hello
+        if not CAMERA_ID.match(hello.camera_id):
+            await self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"camera_id {hello.camera_id!r} must match {CAMERA_ID.pattern}",
+            )
+        if hello.bundle_hash != self.bundle_hash:
+            await self._abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"bundle_hash {hello.bundle_hash[:16]}… differs from the cloud's "
+                f"{self.bundle_hash[:16]}…; deploy the same bundle to edge and cloud",
+            )
+        return hello
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+    ) -> None:
+        self.ingest.metrics.rejected.labels(code.name).inc()
+        log.warning("rejecting stream: %s: %s", code.name, message)
+        await context.abort(code, message)

@@ -1,0 +1,142 @@
+"""Restore worker: one view job id in, one PNG in the blob store out.
+
+    queue.get() ─► job row (mark running) ─► frame row ─► bitstream blob
+        ─► FrameDecoder.decode ─► RESTORERS[kind] (ORT, in a thread) ─► PNG
+        ─► blobs.put("views/<id>.png") ─► job row (done, image_key) │ (failed, error)
+
+A job that fails (missing frame, corrupted bitstream, a restorer error) is marked
+"failed" with the error text and the worker takes the next job: one bad frame never
+stops the view service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from cloud.frame_decoder import FrameDecoder, InvalidFrame
+from cloud.metrics import CloudMetrics
+from cloud.restorers import Restorer, load_restorers
+from cloud.store.frame_store import FrameStore, now_ns
+from cloud.store.records import ViewRecord
+from cloud.view_queue import ViewJobQueue
+
+if TYPE_CHECKING:
+    from cloud.api.deps import Services
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("done", "failed")
+EXPECTED = (InvalidFrame, LookupError, FileNotFoundError)
+
+
+def view_image_key(view_id: str) -> str:
+    return f"views/{view_id}.png"
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class RestoreWorker:
+    def __init__(
+        self,
+        store: FrameStore,
+        decoder: FrameDecoder,
+        restorers: Mapping[str, Restorer],
+        queue: ViewJobQueue,
+        metrics: CloudMetrics,
+    ) -> None:
+        self.store = store
+        self.decoder = decoder
+        self.restorers = restorers
+        self.queue = queue
+        self.metrics = metrics
+
+    async def run(self) -> None:
+        """Serve jobs until cancelled."""
+        while True:
+            view_id = await self.queue.get()
+            try:
+                # Everything blocks (database, blob file, ORT): keep it off the event loop.
+                await asyncio.to_thread(self.render_once, view_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # render_once records job failures itself; this is the store failing.
+                log.exception("view %s: could not record the job's outcome", view_id)
+
+    def render_once(self, view_id: str) -> ViewRecord | None:
+        """Render one job synchronously and record the outcome; return the final row."""
+        # 1. Load the job; a finished or unknown one is left alone (idempotent replays).
+        job = self.store.get_view(view_id)
+        if job is None:
+            log.warning("view %s: no such job", view_id)
+            return None
+        if job.status in FINISHED:
+            return job
+        self.store.update_view(view_id, status="running", started_ns=now_ns())
+
+        try:
+            # 2. Frame and its exact stored bytes.
+            frame = self.store.get_frame(job.frame_id)
+            if frame is None:
+                raise LookupError(f"frame {job.frame_id} does not exist")
+            restorer = self.restorers.get(job.kind)
+            if restorer is None:
+                raise LookupError(
+                    f"view kind {job.kind!r} is not served here (have {sorted(self.restorers)})"
+                )
+            data = self.store.read_bitstream(frame)
+            # 3. Decode (bit-exact) and render the human view.
+            decoded = self.decoder.decode(data)
+            with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
+                image = restorer(decoded)
+            # 4. Durable image first, then the row that points at it.
+            key = view_image_key(view_id)
+            self.store.blobs.put(key, encode_png(image))
+        except Exception as exc:
+            # Bad data is expected and explained by the message; anything else gets a trace.
+            log.warning("view %s failed: %s", view_id, exc, exc_info=not isinstance(exc, EXPECTED))
+            self.store.update_view(
+                view_id, status="failed", finished_ns=now_ns(), error=_error_text(exc)
+            )
+            self.metrics.views.labels("failed").inc()
+        else:
+            self.store.update_view(view_id, status="done", finished_ns=now_ns(), image_key=key)
+            self.metrics.views.labels("done").inc()
+            log.info("view %s done (frame %d, %dx%d)", view_id, frame.id, *image.shape[1::-1])
+        return self.store.get_view(view_id)
+
+
+def _error_text(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        text = f"bitstream blob is missing: {exc.filename}"
+    return text[:2000]
+
+
+async def start_view_workers(
+    services: Services, decoder: FrameDecoder, n: int, threads: int = 0
+) -> list[asyncio.Task[None]]:
+    """Start ``n`` restore workers on the running loop; cancel the tasks to stop them."""
+    if n < 1:
+        raise ValueError(f"view_workers must be ≥ 1, got {n}")
+    # Loading sessions is slow and blocking; one set of restorers serves every worker.
+    restorers = await asyncio.to_thread(load_restorers, services.bundle, threads)
+    tasks = []
+    for i in range(n):
+        worker = RestoreWorker(services.store, decoder, restorers, services.views, services.metrics)
+        tasks.append(asyncio.create_task(worker.run(), name=f"restore-worker-{i}"))
+    log.info("%d restore workers started", n)
+    return tasks

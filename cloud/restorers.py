@@ -1,0 +1,93 @@
+"""Human views: decoded split features → an RGB image a person can look at.
+
+    DecodedFrame.features (C,h,w) ─► restorer network ─► RGB of the letterboxed input
+        ─► crop the letterbox padding ─► resize to the original (w, h) ─► uint8 HxWx3
+
+Restorers are chosen by *kind* through the explicit ``RESTORERS`` registry; a view
+job names its kind and the restore worker looks it up there.
+
+- ``preview``: a linear decoder (3x3 conv + pixel shuffle) fitted by ridge regression
+  from the split features to RGB when the bundle was exported. It is cheap and runs
+  on CPU, and it is blurry: it shows what the machine saw, not a photograph.
+- The diffusion view of Diff-FCHM (semantic aggregation + a diffusion prior) is a
+  later registry entry; it is not this module's preview.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from cloud.frame_decoder import DecodedFrame
+from cloud.onnx_sessions import open_session
+from codec.bundle import Bundle
+from codec.geometry import Letterbox
+
+log = logging.getLogger(__name__)
+
+
+class Restorer(ABC):
+    """One kind of human view; instances are shared by all workers (ORT is thread-safe)."""
+
+    kind: ClassVar[str]
+    description: ClassVar[str]
+    """What this view is, in plain words; the API shows it with every view job."""
+
+    @abstractmethod
+    def __init__(self, bundle: Bundle, threads: int = 0) -> None: ...
+
+    @abstractmethod
+    def __call__(self, frame: DecodedFrame) -> np.ndarray:
+        """Return an RGB uint8 (H, W, 3) image at the frame's original size."""
+
+
+class PreviewRestorer(Restorer):
+    kind = "preview"
+    description = (
+        "preview: a linear decoder (3x3 conv + pixel shuffle) fitted from the split "
+        "detector features to RGB. It is fast and blurry: it shows what the machine saw, "
+        "not a photograph. It is not the diffusion-restored view."
+    )
+
+    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
+        self.session = open_session(bundle.file("preview"), threads)
+
+    def __call__(self, frame: DecodedFrame) -> np.ndarray:
+        features = frame.features[None].astype(np.float32, copy=False)
+        (image,) = self.session.run(None, {"features": features})
+        return uncrop_letterbox(image[0], frame.geometry)
+
+
+def uncrop_letterbox(image_chw: np.ndarray, geometry: Letterbox) -> np.ndarray:
+    """Network-input RGB (3, H, W) in [0, 1] → original-size RGB uint8 (h, w, 3)."""
+    expected = (3, geometry.input_size[1], geometry.input_size[0])
+    if image_chw.shape != expected:
+        raise ValueError(f"restored image has shape {image_chw.shape}, expected {expected}")
+    left, top = geometry.pad
+    new_w, new_h = geometry.resized_size
+    inner = image_chw[:, top : top + new_h, left : left + new_w].transpose(1, 2, 0)
+    rgb = (np.clip(inner, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if (new_w, new_h) != geometry.image_size:
+        # Linear, not cubic: cubic overshoot adds ringing to an already blurry preview.
+        rgb = cv2.resize(rgb, geometry.image_size, interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(rgb)
+
+
+RESTORERS: dict[str, type[Restorer]] = {"preview": PreviewRestorer}
+
+
+def load_restorers(
+    bundle: Bundle, threads: int = 0, kinds: list[str] | None = None
+) -> dict[str, Restorer]:
+    """Build one instance per registered kind (or the given kinds)."""
+    wanted = list(RESTORERS) if kinds is None else kinds
+    unknown = [k for k in wanted if k not in RESTORERS]
+    if unknown:
+        raise ValueError(f"unknown view kinds {unknown}, known: {sorted(RESTORERS)}")
+    restorers = {kind: RESTORERS[kind](bundle, threads) for kind in wanted}
+    log.info("view restorers ready: %s", ", ".join(restorers))
+    return restorers

@@ -1,0 +1,145 @@
+"""``fchm cloud serve``: every cloud part in one process (the embedded default).
+
+    edges ─► gRPC ingest (grpc.aio) ─► FrameIngest ─► FrameStore (SQLite/PostgreSQL + blobs)
+                                                          ▲           │
+    users ─► REST API (FastAPI on uvicorn) ───────────────┘     view queue ─► restore workers
+
+Start order: bundle → store → ingest → view workers → REST; stop in reverse, with
+a grace period so in-flight frames are acked before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+
+from cloud.api.app import create_app
+from cloud.api.deps import Services, readiness_checks
+from cloud.detector_tail import DetectorTail
+from cloud.frame_decoder import FrameDecoder
+from cloud.frame_ingest import FrameIngest
+from cloud.ingest_servicer import IngestServicer
+from cloud.metrics import CloudMetrics
+from cloud.restore_worker import start_view_workers
+from cloud.settings import CloudSettings
+from cloud.store.frame_store import FrameStore
+from cloud.view_queue import ViewQueue
+from codec.bundle import Bundle
+from fchm.v1 import ingest_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def create_grpc_server(
+    servicer: IngestServicer, settings: CloudSettings
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", 1 << 20),
+        ]
+    )
+    ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"grpc_port: cannot bind {settings.grpc_host}:{settings.grpc_port}")
+    return server, port
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    # CloudServer owns the signals and stops every part in order.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class CloudServer:
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.grpc_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._http: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        # 1. The bundle: a missing or altered one stops here with its path named.
+        bundle = Bundle.load(s.bundle)
+        metrics = CloudMetrics()
+
+        # 2. Durable state.
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        store = FrameStore.open(s.resolved_database_url(), s.data_dir / "blobs")
+
+        # 3. Ingest: decoder + detector tail behind the gRPC servicer.
+        decoder = FrameDecoder(bundle)
+        tail = DetectorTail(bundle, s.detector_conf, s.detector_iou, threads=s.onnx_threads)
+        ingest = FrameIngest(decoder, tail, store, metrics)
+        if s.rate_hint is not None and s.rate_hint >= decoder.codec.num_levels:
+            raise ValueError(f"rate_hint {s.rate_hint} outside 0..{decoder.codec.num_levels - 1}")
+        servicer = IngestServicer(ingest, bundle.hash, decoder.codec.num_levels, s.rate_hint)
+        self._grpc, self.grpc_port = create_grpc_server(servicer, s)
+        await self._grpc.start()
+        log.info("gRPC ingest on %s:%d (bundle %s)", s.grpc_host, self.grpc_port, bundle.hash[:12])
+
+        # 4. Views: the queue (restarted jobs re-queued) and its workers.
+        views = ViewQueue(store, s, metrics)
+        readiness = readiness_checks(
+            {
+                "database": store.ping,
+                "grpc": lambda: self._grpc is not None,
+                "view_workers": lambda: bool(self._workers)
+                and not any(t.done() for t in self._workers),
+            }
+        )
+        services = Services(
+            store=store, views=views, bundle=bundle, metrics=metrics, readiness=readiness
+        )
+        self._workers = await start_view_workers(services, decoder, s.view_workers, s.onnx_threads)
+
+        # 5. REST API.
+        app = create_app(s, services)
+        self._http = _EmbeddedUvicorn(
+            uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning")
+        )
+        self._http_task = asyncio.create_task(self._http.serve())
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError(f"http_port: REST API did not start on {s.http_host}:{s.http_port}")
+            await asyncio.sleep(0.02)
+        log.info("REST API on http://%s:%d (docs at /docs)", s.http_host, s.http_port)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await self._http_task
+        if self._grpc is not None:
+            await self._grpc.stop(grace_s)  # lets in-flight frames finish and be acked
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+async def serve(settings: CloudSettings) -> None:
+    server = CloudServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"fchm cloud ready: gRPC {settings.grpc_host}:{server.grpc_port}, "
+        f"REST http://{settings.http_host}:{settings.http_port}",
+        flush=True,
+    )
+    await stop.wait()
+    log.info("stopping")
+    await server.stop()

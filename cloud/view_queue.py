@@ -1,0 +1,175 @@
+"""View jobs: the in-process queue between ``POST /v1/views`` and the restore workers.
+
+    POST /v1/views ─► ViewQueue.submit ─► store.create_view (status "queued", durable)
+                                        └► pending ids (bounded) ─► await get() ─► RestoreWorker
+
+The database row is the job; the queue only holds its id. A job is persisted
+before it is enqueued, and a new ViewQueue re-enqueues every job the store still
+has queued or running, so a restart loses no requested view.
+
+This is the embedded default. Redis or NATS JetStream queues come later behind the
+same small ``ViewJobQueue`` protocol.
+
+Thread model: ``submit`` is called from FastAPI's worker threads (sync routes),
+``get`` from asyncio tasks, possibly on another loop. One lock guards the pending
+ids; a waiting ``get`` is woken with ``call_soon_threadsafe`` on its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Collection
+from typing import Protocol
+
+from cloud.metrics import CloudMetrics
+from cloud.restorers import RESTORERS
+from cloud.settings import CloudSettings
+from cloud.store.frame_store import FrameStore, now_ns
+from cloud.store.records import ViewRecord
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """Too many view jobs are waiting; the caller should retry later."""
+
+
+class UnknownViewKind(ValueError):
+    def __init__(self, kind: str, known: Collection[str]) -> None:
+        super().__init__(f"unknown view kind {kind!r}; known kinds: {sorted(known)}")
+        self.kind, self.known = kind, sorted(known)
+
+
+class UnknownFrame(LookupError):
+    def __init__(self, frame_id: int) -> None:
+        super().__init__(f"frame {frame_id} does not exist")
+        self.frame_id = frame_id
+
+
+class ViewJobQueue(Protocol):
+    """What the API and the workers need from any view queue backend."""
+
+    kinds: Collection[str]
+
+    def submit(self, frame_id: int, kind: str) -> ViewRecord: ...
+
+    async def get(self) -> str: ...
+
+    def depth(self) -> int: ...
+
+
+class ViewQueue:
+    """Bounded in-process queue of view job ids over durable job rows."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        settings: CloudSettings,
+        metrics: CloudMetrics,
+        kinds: Collection[str] = tuple(RESTORERS),
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.kinds = tuple(kinds)
+        self.max_queued = settings.max_queued_views
+        self._lock = threading.Lock()
+        self._pending: deque[str] = deque()
+        self._reserved = 0  # slots taken by submits whose row is being written
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._recover()
+
+    # ── producers ────────────────────────────────────────────────────────────
+    def submit(self, frame_id: int, kind: str) -> ViewRecord:
+        """Persist a queued job and enqueue it; raises UnknownViewKind, UnknownFrame, QueueFull."""
+        # 1. Check inputs.
+        if kind not in self.kinds:
+            raise UnknownViewKind(kind, self.kinds)
+        if self.store.get_frame(frame_id) is None:
+            raise UnknownFrame(frame_id)
+        # 2. Reserve a slot, so concurrent submits cannot overshoot the bound.
+        with self._lock:
+            if len(self._pending) + self._reserved >= self.max_queued:
+                raise QueueFull(
+                    f"{self.max_queued} view jobs are already waiting (max_queued_views)"
+                )
+            self._reserved += 1
+        # 3. Persist, then enqueue: an enqueued id always has a row.
+        view = ViewRecord(
+            id=str(uuid.uuid4()),
+            frame_id=frame_id,
+            kind=kind,
+            status="queued",
+            created_ns=now_ns(),
+        )
+        try:
+            self.store.create_view(view)
+        finally:
+            with self._lock:
+                self._reserved -= 1
+        self._push(view.id)
+        log.info("view %s queued (frame %d, %s)", view.id, frame_id, kind)
+        return view
+
+    def _recover(self) -> None:
+        # Jobs a previous process accepted; "running" ones died with it, so run them again.
+        unfinished = self.store.unfinished_views()
+        for view in unfinished:
+            if view.status == "running":
+                self.store.update_view(view.id, status="queued", started_ns=None)
+            self._push(view.id)  # already accepted: not subject to the bound
+        if unfinished:
+            log.info("re-queued %d unfinished view jobs", len(unfinished))
+        self._update_gauge()
+
+    def _push(self, view_id: str) -> None:
+        with self._lock:
+            self._pending.append(view_id)
+            self._wake_one()
+        self._update_gauge()
+
+    def _wake_one(self) -> None:
+        # Caller holds the lock.
+        while self._waiters:
+            loop, fut = self._waiters.popleft()
+            if not fut.done() and not loop.is_closed():
+                loop.call_soon_threadsafe(_set_if_pending, fut)
+                return
+
+    # ── consumers ────────────────────────────────────────────────────────────
+    async def get(self) -> str:
+        """Wait for the next job id (oldest first)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if self._pending:
+                    view_id = self._pending.popleft()
+                    break
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                with self._lock:
+                    if (loop, fut) in self._waiters:
+                        self._waiters.remove((loop, fut))
+                    elif self._pending:
+                        self._wake_one()  # we were woken but leave: pass the wake-up on
+                raise
+        self._update_gauge()
+        return view_id
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _update_gauge(self) -> None:
+        self.metrics.views_queued.set(self.depth())
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

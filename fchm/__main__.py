@@ -1,0 +1,3 @@
+from fchm.cli import app
+
+app()

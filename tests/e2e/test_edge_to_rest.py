@@ -1,0 +1,77 @@
+"""The user's path, as processes: ``fchm cloud serve`` + ``fchm edge run`` on a folder
+of real images → detections over REST → a human view PNG."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from codec.bundle import Bundle
+from tests.conftest import free_port, sample_images
+
+
+def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, path in enumerate(sample_images() * 2):
+        shutil.copy(path, frames / f"{i:03d}{path.suffix}")
+    grpc_port, http_port = free_port(), free_port()
+    env = {**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"}
+    cloud = subprocess.Popen(
+        [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(tiny_bundle.path),
+         "--data-dir", str(tmp_path / "cloud"), "--grpc-port", str(grpc_port),
+         "--http-port", str(http_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert cloud.poll() is None, cloud.stdout.read() if cloud.stdout else ""
+            try:
+                if api.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        edge = subprocess.run(
+            [sys.executable, "-m", "fchm", "edge", "run", "--source", str(frames),
+             "--camera", "gate-1", "--cloud", f"127.0.0.1:{grpc_port}", "--rate", "6",
+             "--bundle", str(tiny_bundle.path)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert edge.returncode == 0, edge.stderr
+        assert "4 frames, 4 acked" in edge.stdout
+
+        items = api.get("/v1/detections", params={"camera": "gate-1", "limit": 1000}).json()
+        detections = items["items"]
+        assert detections, "the tiny detector finds objects in bus.jpg"
+        assert {d["label"] for d in detections} <= {"person", "fall"}
+        sizes = {f["id"]: (f["image_width"], f["image_height"])
+                 for f in api.get("/v1/frames", params={"camera": "gate-1"}).json()["items"]}  # fmt: skip
+        for d in detections:
+            w, h = sizes[d["frame_id"]]
+            b = d["box"]
+            assert 0 <= b["x1"] <= b["x2"] <= w and 0 <= b["y1"] <= b["y2"] <= h
+
+        job = api.post("/v1/views", json={"camera": "gate-1", "sequence": 0})
+        assert job.status_code == 202
+        view_id = job.json()["id"]
+        for _ in range(100):
+            status = api.get(f"/v1/views/{view_id}").json()
+            if status["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert status["status"] == "done", status
+        png = api.get(f"/v1/views/{view_id}/image")
+        assert png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == sizes[min(sizes)]
+    finally:
+        cloud.send_signal(signal.SIGTERM)
+        assert cloud.wait(timeout=30) == 0

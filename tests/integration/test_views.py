@@ -1,0 +1,269 @@
+"""View jobs end to end with real parts: POST /v1/views → ViewQueue (SQLite rows) →
+RestoreWorker (real preview.onnx) → GET the PNG; failures and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cloud.api.app import create_app
+from cloud.api.deps import Services, readiness_checks
+from cloud.frame_decoder import FrameDecoder
+from cloud.metrics import CloudMetrics
+from cloud.restore_worker import FINISHED, RestoreWorker, start_view_workers
+from cloud.restorers import PreviewRestorer, Restorer, load_restorers
+from cloud.settings import CloudSettings
+from cloud.store.frame_store import FrameStore
+from cloud.store.records import ViewRecord
+from cloud.view_queue import QueueFull, ViewQueue
+from codec.bundle import Bundle
+from tests.conftest import sample_images
+from tests.integration.stored_frames import T0_NS, FrameMaker, StoredSample, open_store
+
+
+@dataclass
+class ViewEnv:
+    root: Path
+    bundle: Bundle
+    store: FrameStore
+    settings: CloudSettings
+    metrics: CloudMetrics
+    queue: ViewQueue
+    decoder: FrameDecoder
+    restorers: dict[str, Restorer]
+    samples: list[StoredSample]
+
+    def services(self) -> Services:
+        return Services(
+            self.store, self.queue, self.bundle, self.metrics, readiness_checks({})
+        )
+
+    def worker(self) -> RestoreWorker:
+        return RestoreWorker(self.store, self.decoder, self.restorers, self.queue, self.metrics)
+
+    def restart(self) -> None:
+        """A new process: a new queue (and metrics) over the same database and blobs."""
+        self.store = FrameStore.open(f"sqlite:///{self.root / 'fchm.db'}", self.root / "blobs")
+        self.metrics = CloudMetrics()
+        self.queue = ViewQueue(self.store, self.settings, self.metrics)
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_bundle) -> tuple[FrameMaker, FrameDecoder, dict[str, Restorer]]:  # type: ignore[no-untyped-def]
+    return FrameMaker(tiny_bundle), FrameDecoder(tiny_bundle), load_restorers(tiny_bundle, 1)
+
+
+@pytest.fixture
+def env(tiny_bundle, shared, tmp_path: Path) -> ViewEnv:  # type: ignore[no-untyped-def]
+    maker, decoder, restorers = shared
+    store = open_store(tmp_path, tiny_bundle, ["cam"])
+    samples = [
+        maker.store(store, "cam", seq, T0_NS + seq, image, level=5)
+        for seq, image in enumerate(sample_images())
+    ]
+    settings = CloudSettings(data_dir=tmp_path, max_queued_views=4)
+    metrics = CloudMetrics()
+    queue = ViewQueue(store, settings, metrics)
+    return ViewEnv(
+        tmp_path, tiny_bundle, store, settings, metrics, queue, decoder, restorers, samples
+    )
+
+
+@pytest.fixture
+def client(env: ViewEnv) -> Iterator[TestClient]:
+    with TestClient(create_app(env.settings, env.services())) as c:
+        yield c
+
+
+def next_job(queue: ViewQueue) -> str:
+    return asyncio.run(asyncio.wait_for(queue.get(), 5))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0**2 / mse)
+
+
+def test_view_is_rendered_at_the_original_size(env: ViewEnv, client: TestClient) -> None:
+    sample = env.samples[0]
+    r = client.post("/v1/views", json={"frame_id": sample.frame_id})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "queued" and body["kind"] == "preview"
+    assert r.headers["location"] == body["links"]["self"] == f"/v1/views/{body['id']}"
+    assert env.metrics.views_queued._value.get() == 1
+
+    # Not rendered yet: the image is a 409 that says the job's status.
+    r = client.get(body["links"]["image"])
+    assert r.status_code == 409
+    assert r.json()["error"]["view_status"] == "queued"
+
+    assert next_job(env.queue) == body["id"]
+    assert env.metrics.views_queued._value.get() == 0
+    done = env.worker().render_once(body["id"])
+    assert done is not None and done.status == "done", done
+
+    view = client.get(body["links"]["self"]).json()
+    assert view["status"] == "done" and view["error"] is None
+    assert view["created_ns"] <= view["started_ns"] <= view["finished_ns"]
+    assert view["finished"].endswith("Z")
+    assert "linear decoder" in view["description"] and "not the diffusion" in view["description"]
+
+    r = client.get(body["links"]["image"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(r.content))
+    assert image.mode == "RGB" and image.size == sample.image_size
+    # Blurry, but the preview was fitted on these images: it must resemble the original.
+    original = cv2.cvtColor(cv2.imread(str(sample.image)), cv2.COLOR_BGR2RGB)
+    assert psnr(np.asarray(image), original) > 14.0
+    assert env.metrics.views.labels("done")._value.get() == 1
+
+
+def test_view_by_camera_and_sequence(env: ViewEnv, client: TestClient) -> None:
+    sample = env.samples[1]
+    r = client.post("/v1/views", json={"camera": "cam", "sequence": 1, "kind": "preview"})
+    assert r.status_code == 202 and r.json()["frame_id"] == sample.frame_id
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "words"),
+    [
+        ({"frame_id": 1, "kind": "diffusion"}, 400, "kind", ["diffusion", "preview"]),
+        ({"frame_id": 99999}, 404, "frame_id", ["99999"]),
+        ({"camera": "cam", "sequence": 77}, 404, "sequence", ["77"]),
+        ({"camera": "cam"}, 422, "sequence", ["sequence"]),
+        ({}, 422, "frame_id", ["frame_id"]),
+        ({"frame_id": 1, "camera": "cam", "sequence": 0}, 422, "frame_id", ["not both"]),
+        ({"frame_id": "one"}, 422, "frame_id", ["frame_id"]),
+        ({"frame_id": 1, "colour": "red"}, 422, "colour", ["colour"]),
+    ],
+)
+def test_bad_view_requests_name_the_field(
+    client: TestClient, body: dict[str, object], status: int, field: str, words: list[str]
+) -> None:
+    r = client.post("/v1/views", json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert (error["status"], error["field"]) == (status, field)
+    for word in words:
+        assert word in error["message"]
+
+
+def test_unknown_view_is_404(client: TestClient) -> None:
+    for path in ("/v1/views/nope", "/v1/views/nope/image"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"]["field"] == "view_id"
+
+
+def test_full_queue_is_503_with_retry_after(env: ViewEnv, client: TestClient) -> None:
+    for _ in range(env.settings.max_queued_views):
+        assert client.post("/v1/views", json={"frame_id": 1}).status_code == 202
+    r = client.post("/v1/views", json={"frame_id": 1})
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) > 0
+    assert "max_queued_views" in r.json()["error"]["message"]
+    with pytest.raises(QueueFull):
+        env.queue.submit(1, "preview")
+    # A rejected request leaves no job behind.
+    assert len(env.store.unfinished_views()) == env.settings.max_queued_views
+
+
+async def run_until_finished(env: ViewEnv, ids: list[str], n_workers: int = 1) -> list[ViewRecord]:
+    tasks = await start_view_workers(env.services(), env.decoder, n_workers, threads=1)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                views = [env.store.get_view(i) for i in ids]
+                if all(v is not None and v.status in FINISHED for v in views):
+                    return [v for v in views if v is not None]
+                await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(t.cancelled() for t in tasks), "workers must only stop when cancelled"
+
+
+def test_corrupted_bitstream_fails_and_the_worker_serves_the_next_job(env: ViewEnv) -> None:
+    bad, good = env.samples
+    frame = env.store.get_frame(bad.frame_id)
+    assert frame is not None
+    corrupted = bytearray(bad.bitstream)
+    corrupted[len(corrupted) // 2] ^= 0xFF
+    env.store.blobs.put(frame.bitstream_key, bytes(corrupted))
+
+    first = env.queue.submit(bad.frame_id, "preview")
+    second = env.queue.submit(good.frame_id, "preview")
+    views = asyncio.run(run_until_finished(env, [first.id, second.id]))
+
+    assert views[0].status == "failed"
+    assert views[0].error and "corrupted" in views[0].error
+    assert views[0].image_key is None and views[0].finished_ns is not None
+    assert views[1].status == "done"
+    assert views[1].image_key and env.store.blobs.exists(views[1].image_key)
+    assert env.metrics.views.labels("failed")._value.get() == 1
+    assert env.metrics.views.labels("done")._value.get() == 1
+
+
+def test_missing_bitstream_blob_fails_with_a_message(env: ViewEnv) -> None:
+    frame = env.store.get_frame(env.samples[0].frame_id)
+    assert frame is not None
+    (env.root / "blobs" / frame.bitstream_key).unlink()
+    job = env.queue.submit(frame.id or 0, "preview")
+    failed = env.worker().render_once(job.id)
+    assert failed is not None and failed.status == "failed"
+    assert failed.error and "missing" in failed.error
+    # A finished job is not rendered again.
+    assert env.worker().render_once(job.id) == failed
+
+
+def test_restart_requeues_unfinished_jobs(env: ViewEnv) -> None:
+    queued = env.queue.submit(env.samples[0].frame_id, "preview")
+    running = env.queue.submit(env.samples[1].frame_id, "preview")
+    finished = env.queue.submit(env.samples[1].frame_id, "preview")
+    env.worker().render_once(finished.id)
+    # The process died while rendering `running`.
+    env.store.update_view(running.id, status="running", started_ns=T0_NS)
+
+    env.restart()
+    assert env.queue.depth() == 2
+    assert env.metrics.views_queued._value.get() == 2
+    reset = env.store.get_view(running.id)
+    assert reset is not None and reset.status == "queued" and reset.started_ns is None
+
+    views = asyncio.run(run_until_finished(env, [queued.id, running.id], n_workers=2))
+    assert [v.status for v in views] == ["done", "done"]
+    assert env.queue.depth() == 0
+
+
+def test_workers_wait_for_jobs_submitted_from_another_thread(env: ViewEnv) -> None:
+    async def wait_and_stop() -> ViewRecord | None:
+        tasks = await start_view_workers(env.services(), env.decoder, 2, threads=1)
+        try:
+            await asyncio.sleep(0.1)  # workers are now parked in queue.get()
+            job = await asyncio.to_thread(env.queue.submit, env.samples[1].frame_id, "preview")
+            async with asyncio.timeout(30):
+                while (view := env.store.get_view(job.id)) is None or view.status not in FINISHED:
+                    await asyncio.sleep(0.05)
+            return view
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    view = asyncio.run(wait_and_stop())
+    assert view is not None and view.status == "done"
+
+
+def test_preview_restorer_is_registered_and_described() -> None:
+    assert PreviewRestorer.kind == "preview"
+    assert "blurry" in PreviewRestorer.description
