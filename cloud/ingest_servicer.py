@@ -34,7 +34,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self.num_levels = num_levels
         self.rate_hint = rate_hint
 
-    async def Stream(  # noqa: N802 — the gRPC method name
+    async def Stream(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UplinkMessage],
         context: grpc.aio.ServicerContext,

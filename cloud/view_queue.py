@@ -53,7 +53,10 @@ class UnknownFrame(LookupError):
 class ViewJobQueue(Protocol):
     """What the API and the workers need from any view queue backend."""
 
-    kinds: Collection[str]
+    @property
+    def kinds(self) -> Collection[str]:
+        """View kinds this queue accepts (``RESTORERS``' keys)."""
+        ...
 
     def submit(self, frame_id: int, kind: str) -> ViewRecord: ...
 
@@ -74,13 +77,17 @@ class ViewQueue:
     ) -> None:
         self.store = store
         self.metrics = metrics
-        self.kinds = tuple(kinds)
+        self._kinds = tuple(kinds)
         self.max_queued = settings.max_queued_views
         self._lock = threading.Lock()
         self._pending: deque[str] = deque()
         self._reserved = 0  # slots taken by submits whose row is being written
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
         self._recover()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self._kinds
 
     # ── producers ────────────────────────────────────────────────────────────
     def submit(self, frame_id: int, kind: str) -> ViewRecord:

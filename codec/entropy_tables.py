@@ -60,7 +60,7 @@ class EntropyTables:
     )
 
     def __post_init__(self) -> None:
-        levels, channels, k = self.freqs.shape
+        k = self.freqs.shape[-1]
         if k != 2 * self.radius + 2:
             raise ValueError(
                 f"tables have {k} symbols, radius {self.radius} needs {2 * self.radius + 2}"

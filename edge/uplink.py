@@ -82,7 +82,7 @@ class Uplink:
             ) from None
         self._call = stub.Stream(self._requests())
         try:
-            first = next(self._call)
+            first = next(iter(self._call))
         except grpc.RpcError as exc:
             raise UplinkError(exc.code(), exc.details() or "") from None
         if first.WhichOneof("kind") != "welcome":

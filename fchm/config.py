@@ -46,7 +46,7 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
     WithYaml.__name__ = cls.__name__
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return WithYaml(**given)  # type: ignore[no-any-return]
+        return WithYaml(**given)
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -164,11 +165,13 @@ def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx
     _print_rate(cfg, video, report.frame_bytes)
 
 
-def _all_detections(api: httpx.Client) -> list[dict]:  # type: ignore[type-arg]
-    items: list[dict] = []  # type: ignore[type-arg]
-    cursor = None
+def _all_detections(api: httpx.Client) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
     while True:
-        params = {"camera": DEMO_CAMERA, "limit": 200, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"camera": DEMO_CAMERA, "limit": 200}
+        if cursor:
+            params["cursor"] = cursor
         page = api.get("/v1/detections", params=params).raise_for_status().json()
         items += page["items"]
         cursor = page.get("next_cursor")
@@ -176,12 +179,12 @@ def _all_detections(api: httpx.Client) -> list[dict]:  # type: ignore[type-arg]
             return items
 
 
-def _wait_view(api: httpx.Client, view_id: str) -> dict:  # type: ignore[type-arg]
+def _wait_view(api: httpx.Client, view_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status = api.get(f"/v1/views/{view_id}").raise_for_status().json()
         if status["status"] == "done":
-            return status  # type: ignore[no-any-return]
+            return status
         if status["status"] == "failed":
             raise RuntimeError(f"view {view_id} failed: {status.get('error')}")
         time.sleep(0.2)
@@ -199,7 +202,9 @@ def _print_rate(cfg: DemoConfig, video: Path, frame_bytes: list[int]) -> None:
     for frame in open_source(str(video), cfg.fps, cfg.frames):
         h, w = frame.image.shape[:2]
         scale = size / max(h, w)
-        small = cv2.resize(frame.image, (round(w * scale), round(h * scale)), cv2.INTER_AREA)
+        small = cv2.resize(
+            frame.image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
         jpeg_full.append(len(cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
         jpeg_640.append(len(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
     ours = sum(frame_bytes) / len(frame_bytes)

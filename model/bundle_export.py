@@ -229,5 +229,6 @@ def fit_preview_decoder(
     solution = torch.linalg.solve(xtx + reg, xty)  # (C*9+1, 3*s*s)
     decoder = PreviewDecoder(channels, stride)
     decoder.conv.weight.copy_(solution[:-1].T.reshape(-1, channels, 3, 3).float())
+    assert decoder.conv.bias is not None
     decoder.conv.bias.copy_(solution[-1].float())
     return decoder.eval()

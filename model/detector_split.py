@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ def _offline() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
-def load_detector(weights: str | Path, num_classes: int | None = None) -> nn.Module:
+def load_detector(weights: str | Path, num_classes: int | None = None) -> Any:
     """A fused, eval-mode DetectionModel from a checkpoint (.pt) or an architecture (.yaml).
 
     A .yaml builds random weights: the tests use tiny models made that way.
@@ -32,19 +33,19 @@ def load_detector(weights: str | Path, num_classes: int | None = None) -> nn.Mod
     if not weights.is_file():
         raise FileNotFoundError(f"detector weights {weights} not found")
     if weights.suffix in {".yaml", ".yml"}:
-        model: nn.Module = DetectionModel(str(weights), nc=num_classes, verbose=False)
+        model = DetectionModel(str(weights), nc=num_classes, verbose=False)
     else:
         model, _ = load_checkpoint(weights)
     if type(model).__name__ != "DetectionModel":
         raise ValueError(
             f"{weights} is a {type(model).__name__}, not an Ultralytics detection model"
         )
-    return model.float().fuse().eval()  # type: ignore[operator]
+    return model.float().fuse().eval()
 
 
-def class_names(model: nn.Module) -> list[str]:
+def class_names(model: Any) -> list[str]:
     names = getattr(model, "names", None)
-    nc = int(model.model[-1].nc)  # type: ignore[index]
+    nc = int(model.model[-1].nc)
     if isinstance(names, dict):
         return [str(names.get(i, i)) for i in range(nc)]
     if isinstance(names, list | tuple) and len(names) == nc:
@@ -52,16 +53,16 @@ def class_names(model: nn.Module) -> list[str]:
     return [str(i) for i in range(nc)]
 
 
-def _sources(layer: nn.Module) -> list[int]:
-    f = layer.f  # type: ignore[attr-defined]
+def _sources(layer: Any) -> list[int]:
+    f = layer.f
     refs = [f] if isinstance(f, int) else list(f)
-    i = int(layer.i)  # type: ignore[attr-defined]
+    i = int(layer.i)
     return [i - 1 if r == -1 else int(r) for r in refs]
 
 
-def valid_split_layers(model: nn.Module) -> list[int]:
+def valid_split_layers(model: Any) -> list[int]:
     """Layers after which a single tensor carries everything downstream."""
-    layers = list(model.model)  # type: ignore[attr-defined]
+    layers = list(model.model)
     valid = []
     for k in range(len(layers) - 1):
         if all(src >= k for layer in layers[k + 1 :] for src in _sources(layer)):
@@ -69,7 +70,7 @@ def valid_split_layers(model: nn.Module) -> list[int]:
     return valid
 
 
-def check_split(model: nn.Module, split_layer: int) -> None:
+def check_split(model: Any, split_layer: int) -> None:
     valid = valid_split_layers(model)
     if split_layer not in valid:
         raise ValueError(
@@ -78,11 +79,11 @@ def check_split(model: nn.Module, split_layer: int) -> None:
 
 
 def _run(
-    layers: list[nn.Module], x: torch.Tensor, outputs: dict[int, torch.Tensor]
+    layers: list[Any], x: torch.Tensor, outputs: dict[int, torch.Tensor]
 ) -> torch.Tensor:
     # Ultralytics' _predict_once, over a slice of the layer list.
     for layer in layers:
-        f = layer.f  # type: ignore[attr-defined]
+        f = layer.f
         if f != -1:
             inp: torch.Tensor | list[torch.Tensor] = (
                 outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
@@ -90,17 +91,17 @@ def _run(
         else:
             inp = x
         x = layer(inp)
-        outputs[int(layer.i)] = x  # type: ignore[attr-defined]
+        outputs[int(layer.i)] = x
     return x
 
 
 class EncoderHalf(nn.Module):
     """Layers 0..k: (1,3,H,W) in [0,1] → split tensor (1,C,H/s,W/s)."""
 
-    def __init__(self, model: nn.Module, split_layer: int) -> None:
+    def __init__(self, model: Any, split_layer: int) -> None:
         super().__init__()
         check_split(model, split_layer)
-        self.layers = nn.ModuleList(list(model.model)[: split_layer + 1])  # type: ignore[attr-defined]
+        self.layers = nn.ModuleList(list(model.model)[: split_layer + 1])
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return _run(list(self.layers), image, {})
@@ -109,12 +110,12 @@ class EncoderHalf(nn.Module):
 class TailHalf(nn.Module):
     """Layers k+1..Detect: split tensor → (1, 4+nc, anchors), boxes as xywh in input pixels."""
 
-    def __init__(self, model: nn.Module, split_layer: int) -> None:
+    def __init__(self, model: Any, split_layer: int) -> None:
         super().__init__()
         check_split(model, split_layer)
         self.split_layer = split_layer
-        self.layers = nn.ModuleList(list(model.model)[split_layer + 1 :])  # type: ignore[attr-defined]
-        head = self.layers[-1]
+        self.layers = nn.ModuleList(list(model.model)[split_layer + 1 :])
+        head: Any = self.layers[-1]
         head.export = True  # return decoded predictions only
         head.format = "onnx"
         head.dynamic = True  # anchors follow the input shape
@@ -123,7 +124,7 @@ class TailHalf(nn.Module):
         return _run(list(self.layers), features, {self.split_layer: features})
 
 
-def split_stride(model: nn.Module, split_layer: int) -> tuple[int, int]:
+def split_stride(model: Any, split_layer: int) -> tuple[int, int]:
     """(stride, channels) of the split tensor, measured with a probe input."""
     with torch.no_grad():
         out = EncoderHalf(model, split_layer)(torch.zeros(1, 3, 64, 64))

@@ -4,8 +4,9 @@ The torchvision wheel on PyPI is a CUDA build; with the CPU torch wheel its C
 extension does not load, and ``import torchvision`` fails on
 ``torchvision::nms does not exist``. Ultralytics' predictor imports torchvision,
 so before it does we define the two operators torchvision's meta registrations
-need, with a plain-torch NMS, and tell torchvision.ops that its nms is there. On a normal CUDA or CPU install from the PyTorch
-index the real operators exist and this does nothing.
+need, with a plain-torch NMS, and tell torchvision.ops that its nms is there.
+On a normal CUDA or CPU install from the PyTorch index the real operators exist
+and this does nothing.
 """
 
 from __future__ import annotations

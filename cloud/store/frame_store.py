@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
@@ -38,7 +39,7 @@ def open_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(conn, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(conn: Any, _record: Any) -> None:
             # WAL lets the API read while ingest writes; FULL sync makes commits durable.
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -125,7 +126,8 @@ class FrameStore:
         }
         try:
             with self.engine.begin() as conn:
-                frame_id = int(conn.execute(insert(frames).values(row)).inserted_primary_key[0])
+                result = conn.execute(insert(frames).values(row))
+                frame_id = int(result.inserted_primary_key[0])  # type: ignore[index]
                 if found:
                     conn.execute(
                         insert(detections),
@@ -255,9 +257,11 @@ class FrameStore:
             return [ViewRecord(**row._mapping) for row in rows]
 
 
-def _time_window(table, since_ns, until_ns, after):  # type: ignore[no-untyped-def]
+def _time_window(
+    table: Any, since_ns: int | None, until_ns: int | None, after: tuple[int, int] | None
+) -> list[Any]:
     c = table.c
-    conds = []
+    conds: list[Any] = []
     if since_ns is not None:
         conds.append(c.capture_time_ns >= since_ns)
     if until_ns is not None:

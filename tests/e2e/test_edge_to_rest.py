@@ -53,8 +53,8 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         detections = items["items"]
         assert detections, "the tiny detector finds objects in bus.jpg"
         assert {d["label"] for d in detections} <= {"person", "fall"}
-        sizes = {f["id"]: (f["image_width"], f["image_height"])
-                 for f in api.get("/v1/frames", params={"camera": "gate-1"}).json()["items"]}  # fmt: skip
+        frames_page = api.get("/v1/frames", params={"camera": "gate-1"}).json()["items"]
+        sizes = {f["id"]: (f["image_width"], f["image_height"]) for f in frames_page}
         for d in detections:
             w, h = sizes[d["frame_id"]]
             b = d["box"]

@@ -47,7 +47,9 @@ class FrameMaker:
 
     def bitstream(self, image: Path, level: int) -> tuple[bytes, tuple[int, int]]:
         if image not in self._features:
-            x, g = letterbox(cv2.imread(str(image)), self.bundle.manifest.detector.input_size, 32)
+            bgr = cv2.imread(str(image))
+            assert bgr is not None, image
+            x, g = letterbox(bgr, self.bundle.manifest.detector.input_size, 32)
             self._features[image] = (self.encoder.run(None, {"image": x})[0][0], g.image_size)
         features, size = self._features[image]
         enc = self.codec.compress(features, level)

@@ -22,6 +22,7 @@ from cloud.metrics import CloudMetrics
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.view_queue import ViewQueue
+from codec.bundle import Bundle
 from tests.conftest import sample_images
 from tests.integration.stored_frames import (
     STEP_NS,
@@ -52,7 +53,7 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(tiny_bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:  # type: ignore[no-untyped-def]
+def api(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     root = tmp_path_factory.mktemp("rest")
     store = open_store(root, tiny_bundle, CAMERAS)
     maker = FrameMaker(tiny_bundle)
@@ -131,8 +132,11 @@ def test_cameras_lists_each_with_its_frame_count(api: Api) -> None:
 )
 def test_detection_filters(api: Api, params: dict[str, Any], keep: Any) -> None:
     expected = sorted(
-        ((r["time_ns"], r["frame_id"], r["d"].label, round(r["d"].score, 5)) for r in api.rows()
-         if keep(r)),
+        (
+            (r["time_ns"], r["frame_id"], r["d"].label, round(r["d"].score, 5))
+            for r in api.rows()
+            if keep(r)
+        ),
     )
     items = walk(api.client, "/v1/detections", limit=1000, **params)
     got = sorted((i["time_ns"], i["frame_id"], i["label"], round(i["score"], 5)) for i in items)
@@ -226,8 +230,13 @@ def test_bitstream_endpoint_returns_the_stored_bytes(api: Api) -> None:
             "since",
             ["since", "until"],
         ),
-        ("/v1/frames", {"since": "2024-01-01T00:00:00", "until": "2024-01-01T00:00:00"}, 400,
-         "since", ["since", "until"]),
+        (
+            "/v1/frames",
+            {"since": "2024-01-01T00:00:00", "until": "2024-01-01T00:00:00"},
+            400,
+            "since",
+            ["since", "until"],
+        ),
         ("/v1/frames/99999", {}, 404, "frame_id", ["99999"]),
         ("/v1/frames/abc", {}, 422, "frame_id", ["frame_id"]),
         ("/v1/frames/99999/bitstream", {}, 404, "frame_id", ["99999"]),
@@ -288,9 +297,17 @@ def test_openapi_documents_every_route(api: Api) -> None:
     assert spec["info"]["version"]
     paths = spec["paths"]
     for path in (
-        "/v1/cameras", "/v1/detections", "/v1/frames", "/v1/frames/{frame_id}",
-        "/v1/frames/{frame_id}/bitstream", "/v1/views", "/v1/views/{view_id}",
-        "/v1/views/{view_id}/image", "/healthz", "/readyz", "/metrics",
+        "/v1/cameras",
+        "/v1/detections",
+        "/v1/frames",
+        "/v1/frames/{frame_id}",
+        "/v1/frames/{frame_id}/bitstream",
+        "/v1/views",
+        "/v1/views/{view_id}",
+        "/v1/views/{view_id}/image",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ):
         assert path in paths
         for op in paths[path].values():

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -43,9 +42,7 @@ class ViewEnv:
     samples: list[StoredSample]
 
     def services(self) -> Services:
-        return Services(
-            self.store, self.queue, self.bundle, self.metrics, readiness_checks({})
-        )
+        return Services(self.store, self.queue, self.bundle, self.metrics, readiness_checks({}))
 
     def worker(self) -> RestoreWorker:
         return RestoreWorker(self.store, self.decoder, self.restorers, self.queue, self.metrics)
@@ -58,12 +55,16 @@ class ViewEnv:
 
 
 @pytest.fixture(scope="module")
-def shared(tiny_bundle) -> tuple[FrameMaker, FrameDecoder, dict[str, Restorer]]:  # type: ignore[no-untyped-def]
+def shared(tiny_bundle: Bundle) -> tuple[FrameMaker, FrameDecoder, dict[str, Restorer]]:
     return FrameMaker(tiny_bundle), FrameDecoder(tiny_bundle), load_restorers(tiny_bundle, 1)
 
 
 @pytest.fixture
-def env(tiny_bundle, shared, tmp_path: Path) -> ViewEnv:  # type: ignore[no-untyped-def]
+def env(
+    tiny_bundle: Bundle,
+    shared: tuple[FrameMaker, FrameDecoder, dict[str, Restorer]],
+    tmp_path: Path,
+) -> ViewEnv:
     maker, decoder, restorers = shared
     store = open_store(tmp_path, tiny_bundle, ["cam"])
     samples = [
@@ -123,7 +124,7 @@ def test_view_is_rendered_at_the_original_size(env: ViewEnv, client: TestClient)
     image = Image.open(io.BytesIO(r.content))
     assert image.mode == "RGB" and image.size == sample.image_size
     # Blurry, but the preview was fitted on these images: it must resemble the original.
-    original = cv2.cvtColor(cv2.imread(str(sample.image)), cv2.COLOR_BGR2RGB)
+    original = np.asarray(Image.open(sample.image).convert("RGB"))
     assert psnr(np.asarray(image), original) > 14.0
     assert env.metrics.views.labels("done")._value.get() == 1
 

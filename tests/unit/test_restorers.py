@@ -1,0 +1,44 @@
+"""Letterbox undo: network-input RGB back to the original frame's size and place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloud.restorers import RESTORERS, PreviewRestorer, uncrop_letterbox
+from codec.geometry import Letterbox
+from edge.preprocess import letterbox
+
+
+@pytest.mark.parametrize("size", [(810, 1080), (1280, 720), (320, 320), (97, 53)])
+def test_uncrop_inverts_the_edge_letterbox(size: tuple[int, int]) -> None:
+    w, h = size
+    rng = np.random.default_rng(0)
+    # Smooth content, so resizing down and back up loses little.
+    yy, xx = np.mgrid[0:h, 0:w]
+    bgr = np.stack(
+        [127 + 120 * np.sin(xx / 40 + k) * np.cos(yy / 55 - k) for k in range(3)], -1
+    ).astype(np.uint8)
+    bgr = np.clip(bgr.astype(np.int16) + rng.integers(-2, 3, bgr.shape), 0, 255).astype(np.uint8)
+    x, geometry = letterbox(bgr, 320, 32)
+    rgb = uncrop_letterbox(x[0], geometry)
+    assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
+    err = np.abs(rgb.astype(np.int16) - bgr[:, :, ::-1].astype(np.int16))
+    assert err.mean() < 6  # no grey padding band, no offset
+
+
+def test_uncrop_rejects_a_wrong_shape() -> None:
+    geometry = Letterbox.fit((640, 480), 320, 32)
+    with pytest.raises(ValueError, match="expected"):
+        uncrop_letterbox(np.zeros((3, 64, 64), np.float32), geometry)
+
+
+def test_uncrop_clips_out_of_range_values() -> None:
+    geometry = Letterbox.fit((64, 64), 64, 32)
+    out = uncrop_letterbox(np.full((3, 64, 64), 1.7, np.float32), geometry)
+    assert out.min() == 255
+
+
+def test_registry() -> None:
+    assert RESTORERS == {"preview": PreviewRestorer}
+    assert "not the diffusion" in PreviewRestorer.description
