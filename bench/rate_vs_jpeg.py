@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     bundle = Bundle.load(args.bundle)
     size = bundle.manifest.detector.input_size
+    pad = bundle.manifest.detector.pad_multiple
     codec = bundle.load_codec()
     decoder = FrameDecoder(bundle)
     encoder = open_session(bundle.file("encoder"), args.threads)
@@ -151,13 +152,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return np.asarray(encoder.run(None, {"image": x})[0][0])
 
     # 2. Warm up ORT and constriction's per-(level, channel) model cache on the first frame.
-    x0, g0 = letterbox(frames[0], size, 32)
+    x0, g0 = letterbox(frames[0], size, pad)
     for level in range(codec.num_levels):
         codec.compress(features(x0), level)
     tail(features(x0), g0)
     scorer(features(x0), g0)
     resized0 = cv2.resize(frames[0], g0.resized_size, interpolation=cv2.INTER_LINEAR)
-    if not np.array_equal(letterbox(resized0, size, 32)[0], x0):
+    if not np.array_equal(letterbox(resized0, size, pad)[0], x0):
         raise RuntimeError("the resized frame does not letterbox to the edge's network input")
 
     steps = getattr(codec, "steps", np.full(codec.num_levels, np.nan))  # uniform codec's steps
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for frame in frames:
         # 3. Edge path: letterbox → encoder; the reference detections come from the same features.
         lap = clock()
-        x, geom = letterbox(frame, size, 32)
+        x, geom = letterbox(frame, size, pad)
         stage["preprocess"].append(lap())
         lap = clock()
         feats = features(x)
@@ -212,14 +213,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             t_dec = lap()
             if image is None:
                 raise RuntimeError(f"OpenCV cannot decode its own {name} output")
-            xi, gi = letterbox(image, size, 32)
+            xi, gi = letterbox(image, size, pad)
             if xi.shape != x.shape or gi.pad != geom.pad:
                 raise RuntimeError(f"baseline input {xi.shape} differs from edge input {x.shape}")
             # Boxes through the original frame's geometry: same pixels, same coordinates.
             signal.record(buf.size, t_code, t_dec, scorer(features(xi), geom))
 
     # 6. Score every signal against the reference.
-    resized_w, resized_h = letterbox(frames[0], size, 32)[1].resized_size
+    resized_w, resized_h = letterbox(frames[0], size, pad)[1].resized_size
     rows: list[dict[str, Any]] = []
     for signal in [*fchm, *images.values(), raw]:
         map50, map50_95 = coco_map(reference, signal.detections)

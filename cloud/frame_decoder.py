@@ -37,7 +37,9 @@ class FrameDecoder:
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.codec = bundle.load_codec()
+        self.codec.prepare()
         info = bundle.manifest.detector
+        self.pad_multiple = info.pad_multiple
         self.stride, self.input_size, self.channels = info.stride, info.input_size, info.channels
 
     def parse(self, data: bytes) -> FrameBitstream:
@@ -61,7 +63,7 @@ class FrameDecoder:
         return frame
 
     def geometry(self, frame: FrameBitstream) -> Letterbox:
-        geometry = Letterbox.fit(frame.image_size, self.input_size, 32)
+        geometry = Letterbox.fit(frame.image_size, self.input_size, self.pad_multiple)
         c, h, w = frame.latent_shape
         expected = (
             self.channels,

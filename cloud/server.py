@@ -95,8 +95,9 @@ class CloudServer:
             {
                 "database": store.ping,
                 "grpc": lambda: self._grpc is not None,
-                "view_workers": lambda: bool(self._workers)
-                and not any(t.done() for t in self._workers),
+                "view_workers": lambda: (
+                    bool(self._workers) and not any(t.done() for t in self._workers)
+                ),
             }
         )
         services = Services(

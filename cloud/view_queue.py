@@ -114,10 +114,11 @@ class ViewQueue:
         )
         try:
             self.store.create_view(view)
-        finally:
+        except BaseException:
             with self._lock:
                 self._reserved -= 1
-        self._push(view.id)
+            raise
+        self._push(view.id, reserved=True)
         log.info("view %s queued (frame %d, %s)", view.id, frame_id, kind)
         return view
 
@@ -132,8 +133,10 @@ class ViewQueue:
             log.info("re-queued %d unfinished view jobs", len(unfinished))
         self._update_gauge()
 
-    def _push(self, view_id: str) -> None:
+    def _push(self, view_id: str, reserved: bool = False) -> None:
         with self._lock:
+            # Slot and id change hands in one step, so the bound is never overshot.
+            self._reserved -= reserved
             self._pending.append(view_id)
             self._wake_one()
         self._update_gauge()

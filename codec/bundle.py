@@ -38,6 +38,9 @@ class DetectorInfo(BaseModel):
     split_layer: int = Field(description="Last detector layer that runs on the edge")
     stride: int = Field(description="Input pixels per latent pixel at the split")
     input_size: int = Field(description="Long side of the network input, pixels")
+    pad_multiple: int = Field(
+        32, description="Network input sides are padded to a multiple of this"
+    )
     channels: int = Field(description="Channels of the split tensor")
 
 

@@ -85,6 +85,11 @@ class EntropyTables:
     def _escape_model(self) -> object:
         return constriction.stream.model.Uniform(1 << 16)
 
+    def prepare(self) -> None:
+        for level in range(self.num_levels):
+            for channel in range(self.num_channels):
+                self._model(level, channel)
+
     def _model(self, level: int, channel: int) -> object:
         key = (level, channel)
         model = self._models.get(key)

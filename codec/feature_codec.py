@@ -36,6 +36,10 @@ class FeatureCodec(Protocol):
     @property
     def num_levels(self) -> int: ...
 
+    def prepare(self) -> None:
+        """Build coding models up front so the first frame is not slower than the rest."""
+        ...
+
     def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures: ...
 
     def decompress(self, encoded: EncodedFeatures) -> np.ndarray: ...
@@ -59,6 +63,9 @@ class UniformFeatureCodec:
     @property
     def num_levels(self) -> int:
         return int(self.steps.shape[0])
+
+    def prepare(self) -> None:
+        self.tables.prepare()
 
     def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
         x = (features.astype(np.float32) - self.mean[:, None, None]) / self.scale[:, None, None]

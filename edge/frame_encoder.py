@@ -31,6 +31,8 @@ class FrameEncoder:
         self.codec = bundle.load_codec()
         self.backend = open_backend(backend, bundle.file("encoder"), threads)
         self.input_size = bundle.manifest.detector.input_size
+        self.pad_multiple = bundle.manifest.detector.pad_multiple
+        self.codec.prepare()  # build every entropy model now, not on the first frame
 
     @property
     def num_levels(self) -> int:
@@ -40,7 +42,7 @@ class FrameEncoder:
         if not 0 <= rate_level < self.codec.num_levels:
             raise ValueError(f"rate_level {rate_level} outside 0..{self.codec.num_levels - 1}")
         t0 = time.perf_counter()
-        image, geometry = letterbox(frame.image, self.input_size, 32)
+        image, geometry = letterbox(frame.image, self.input_size, self.pad_multiple)
         t1 = time.perf_counter()
         features = self.backend(image)
         t2 = time.perf_counter()

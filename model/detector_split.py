@@ -78,9 +78,7 @@ def check_split(model: Any, split_layer: int) -> None:
         )
 
 
-def _run(
-    layers: list[Any], x: torch.Tensor, outputs: dict[int, torch.Tensor]
-) -> torch.Tensor:
+def _run(layers: list[Any], x: torch.Tensor, outputs: dict[int, torch.Tensor]) -> torch.Tensor:
     # Ultralytics' _predict_once, over a slice of the layer list.
     for layer in layers:
         f = layer.f

@@ -33,7 +33,7 @@ def readyz(services: ServicesDep) -> JSONResponse:
     except Exception:
         log.exception("readiness checks raised")
         checks = {"readiness_checks": False}
-    ready = bool(checks) and all(checks.values())
+    ready = all(checks.values())
     body = Readiness(ready=ready, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 

@@ -13,6 +13,10 @@ from cloud.store.records import CameraRecord, DetectionRecord, FrameRecord, View
 
 
 class ErrorDetail(BaseModel):
+    """Some errors add context, e.g. ``view_status`` on a 409 for a view not done yet."""
+
+    model_config = ConfigDict(extra="allow")
+
     status: int = Field(description="HTTP status code")
     message: str = Field(description="What is wrong, naming the bad parameter")
     field: str | None = Field(description="The bad parameter or body field, if one")

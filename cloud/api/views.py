@@ -33,18 +33,13 @@ ViewId = Annotated[str, Path(max_length=64, description="View job id")]
 )
 def create_view(body: ViewRequest, store: StoreDep, views: ViewsDep, response: Response) -> ViewOut:
     """Queue a job that restores an image from the frame's bitstream; poll `links.self`."""
-    if body.kind not in views.kinds:
-        raise ApiError(
-            400,
-            f"body field 'kind': unknown view kind {body.kind!r}; known kinds: "
-            f"{sorted(views.kinds)}",
-            field="kind",
-        )
+    if body.kind not in views.kinds:  # before the frame lookup: the cheaper mistake first
+        raise _bad_kind(UnknownViewKind(body.kind, views.kinds))
     frame_id = _resolve_frame(body, store)
     try:
         view = views.submit(frame_id, body.kind)
     except UnknownViewKind as exc:
-        raise ApiError(400, f"body field 'kind': {exc}", field="kind") from exc
+        raise _bad_kind(exc) from exc
     except UnknownFrame as exc:
         raise ApiError(404, str(exc), field="frame_id") from exc
     except QueueFull as exc:
@@ -64,7 +59,7 @@ def get_view(view_id: ViewId, store: StoreDep) -> ViewOut:
     "/{view_id}/image",
     summary="The rendered view (PNG) once the job is done",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 500)},
 )
 def get_view_image(view_id: ViewId, store: StoreDep) -> Response:
     view = _view_or_404(store, view_id)
@@ -75,8 +70,12 @@ def get_view_image(view_id: ViewId, store: StoreDep) -> Response:
             f"view {view_id} is {view.status}, it has no image{detail}",
             view_status=view.status,
         )
+    try:
+        png = store.blobs.get(view.image_key)
+    except FileNotFoundError as exc:
+        raise ApiError(500, f"the image of view {view_id} is missing from storage") from exc
     return Response(
-        store.blobs.get(view.image_key),
+        png,
         media_type="image/png",
         # A view's image never changes once written.
         headers={"Cache-Control": "private, max-age=86400, immutable"},
@@ -103,6 +102,10 @@ def _resolve_frame(body: ViewRequest, store: FrameStore) -> int:
             field="sequence",
         )
     return frame.id
+
+
+def _bad_kind(exc: UnknownViewKind) -> ApiError:
+    return ApiError(400, f"body field 'kind': {exc}", field="kind")
 
 
 def _view_or_404(store: FrameStore, view_id: str) -> ViewRecord:

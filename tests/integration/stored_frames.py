@@ -49,7 +49,8 @@ class FrameMaker:
         if image not in self._features:
             bgr = cv2.imread(str(image))
             assert bgr is not None, image
-            x, g = letterbox(bgr, self.bundle.manifest.detector.input_size, 32)
+            info = self.bundle.manifest.detector
+            x, g = letterbox(bgr, info.input_size, info.pad_multiple)
             self._features[image] = (self.encoder.run(None, {"image": x})[0][0], g.image_size)
         features, size = self._features[image]
         enc = self.codec.compress(features, level)

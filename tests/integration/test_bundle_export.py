@@ -22,7 +22,7 @@ def test_split_halves_in_onnx_runtime_match_the_whole_torch_model(
     encoder = ort.InferenceSession(str(tiny_bundle.file("encoder")))
     tail = ort.InferenceSession(str(tiny_bundle.file("tail")))
     for path in sample_images():
-        x, _ = letterbox(cv2.imread(str(path)), 320, 32)
+        x, _ = letterbox(cv2.imread(str(path)), 320, tiny_bundle.manifest.detector.pad_multiple)
         (features,) = encoder.run(None, {"image": x})
         (split,) = tail.run(None, {"features": features})
         with torch.no_grad():

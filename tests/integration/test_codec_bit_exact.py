@@ -33,7 +33,8 @@ def test_edge_encode_cloud_decode_is_bit_exact(tiny_bundle: Bundle) -> None:
         # What the edge quantized, recomputed from the same ORT features:
         from edge.preprocess import letterbox
 
-        image, _ = letterbox(frame.image, tiny_bundle.manifest.detector.input_size, 32)
+        info = tiny_bundle.manifest.detector
+        image, _ = letterbox(frame.image, info.input_size, info.pad_multiple)
         sent = codec.quantize(encoder.backend(image), level)
         decoded = decoder.decode(encoded.bitstream)
         received = codec.tables.decode(
@@ -53,4 +54,4 @@ def test_more_levels_cost_more_bytes(tiny_bundle: Bundle) -> None:
     frame = CapturedFrame(0, 0, cv2.imread(str(sample_images()[0])))
     sizes = [len(encoder.encode(frame, level).bitstream) for level in range(encoder.num_levels)]
     assert sizes == sorted(sizes)
-    assert sizes[-1] > 4 * sizes[0]
+    assert sizes[-1] > 2 * sizes[0]

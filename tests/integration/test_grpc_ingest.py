@@ -102,7 +102,9 @@ def test_malformed_bitstream_is_invalid_argument_and_the_server_keeps_serving(
 
     # The acknowledged frame stayed stored, the rejected ones did not, and ingest goes on.
     api = httpx.Client(base_url=cloud.http_base)
-    assert [f["sequence"] for f in api.get("/v1/frames", params={"camera": "cam-b"}).json()["items"]] == [0]  # noqa: E501
+    assert [
+        f["sequence"] for f in api.get("/v1/frames", params={"camera": "cam-b"}).json()["items"]
+    ] == [0]
     assert stream(cloud, tiny_bundle, "cam-e", encoded_frames(tiny_bundle)).acked == 2
 
 

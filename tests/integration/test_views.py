@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,3 +269,17 @@ def test_workers_wait_for_jobs_submitted_from_another_thread(env: ViewEnv) -> No
 def test_preview_restorer_is_registered_and_described() -> None:
     assert PreviewRestorer.kind == "preview"
     assert "blurry" in PreviewRestorer.description
+
+
+def test_concurrent_submits_never_overshoot_the_bound(env: ViewEnv) -> None:
+    def submit(_: int) -> bool:
+        try:
+            env.queue.submit(env.samples[0].frame_id, "preview")
+        except QueueFull:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        accepted = sum(pool.map(submit, range(20)))
+    assert accepted == env.settings.max_queued_views == env.queue.depth()
+    assert len(env.store.unfinished_views()) == accepted
