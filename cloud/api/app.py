@@ -28,8 +28,8 @@ from cloud.settings import CloudSettings
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 DESCRIPTION = """\
-Machine-first split inference for cameras. Cameras stream a few hundred bytes of
-coded detector features per frame; the cloud finishes detection on arrival and keeps
+Machine-first split inference for cameras. Cameras stream entropy-coded
+detector features, not video; the cloud finishes detection on arrival and keeps
 the bitstream. A person who wants to *see* a frame requests a view (`POST /v1/views`),
 which is restored from that same bitstream.
 
