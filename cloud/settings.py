@@ -32,5 +32,16 @@ class CloudSettings(BaseSettings):
     view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
 
+    camera_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="camera id → sha256 hex of its token; when set, unknown cameras and "
+        "wrong tokens are refused",
+    )
+    tls_cert: Path | None = Field(None, description="Server certificate (enables TLS)")
+    tls_key: Path | None = Field(None, description="Server private key")
+    tls_client_ca: Path | None = Field(
+        None, description="CA that signs camera certificates (requires mutual TLS)"
+    )
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fchm.db'}"
