@@ -2,8 +2,10 @@
 
 Protocol per stream: Hello → Welcome (+ RateHint) → (Frame → Ack)*. Errors end the
 stream with a status: FAILED_PRECONDITION for a missing Hello or another bundle,
-INVALID_ARGUMENT for a bad camera id or a malformed frame. A rejected frame is not
-stored; what was acknowledged before stays stored, and the server keeps serving.
+INVALID_ARGUMENT for a bad camera id or a malformed frame, UNAUTHENTICATED or
+PERMISSION_DENIED for a camera whose token does not check out (cloud/camera_auth.py).
+A rejected frame is not stored; what was acknowledged before stays stored, and
+the server keeps serving.
 """
 
 from __future__ import annotations
@@ -16,23 +18,33 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.frame_decoder import InvalidFrame
 from cloud.frame_ingest import FrameIngest, ReceivedFrame
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
+"""Trailing metadata naming the frame behind an INVALID_ARGUMENT (see edge/uplink.py)."""
+
 CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     def __init__(
-        self, ingest: FrameIngest, bundle_hash: str, num_levels: int, rate_hint: int | None
+        self,
+        ingest: FrameIngest,
+        bundle_hash: str,
+        num_levels: int,
+        rate_hint: int | None,
+        auth: CameraAuth | None = None,
     ) -> None:
         self.ingest = ingest
         self.bundle_hash = bundle_hash
         self.num_levels = num_levels
         self.rate_hint = rate_hint
+        self.auth = auth
 
     async def Stream(
         self,
@@ -79,6 +91,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 try:
                     stored = await asyncio.to_thread(self.ingest.ingest, received, offset)
                 except InvalidFrame as exc:
+                    # Name the frame so the edge can drop it instead of replaying it forever.
+                    context.set_trailing_metadata(((REJECTED_SEQUENCE_KEY, str(f.sequence)),))
                     await self._abort(
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -111,6 +125,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"camera_id {hello.camera_id!r} must match {CAMERA_ID.pattern}",
             )
+        # Before the bundle check: a stranger learns nothing about the deployment.
+        if self.auth is not None:
+            try:
+                self.auth.verify(hello.camera_id, context.invocation_metadata())
+            except AuthRefused as exc:
+                await self._abort(context, exc.code, str(exc))
         if hello.bundle_hash != self.bundle_hash:
             await self._abort(
                 context,

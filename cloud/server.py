@@ -21,6 +21,7 @@ import uvicorn
 
 from cloud.api.app import create_app
 from cloud.api.deps import Services, readiness_checks
+from cloud.camera_auth import CameraAuth
 from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder
 from cloud.frame_ingest import FrameIngest
@@ -31,9 +32,36 @@ from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
+from fchm.tls import read_pem
 from fchm.v1 import ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+
+# Edges ping every 20 s (edge/channel.py) so a dead link is noticed; a server that
+# does not allow that closes the connection with GOAWAY "too_many_pings". The
+# server pings too, so the stream of a vanished camera is released.
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 5),
+]
+
+
+def server_credentials(settings: CloudSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings, or None for plaintext (no tls_cert)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    pair = (read_pem(settings.tls_key, "tls_key"), read_pem(settings.tls_cert, "tls_cert"))
+    client_ca = None
+    if settings.tls_client_ca is not None:
+        client_ca = read_pem(settings.tls_client_ca, "tls_client_ca")
+    # With a client CA, a camera without a certificate signed by it never gets a stream.
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def create_grpc_server(
@@ -43,10 +71,16 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", 1 << 20),
+            *KEEPALIVE_OPTIONS,
         ]
     )
     ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"grpc_port: cannot bind {settings.grpc_host}:{settings.grpc_port}")
     return server, port
@@ -84,10 +118,22 @@ class CloudServer:
         ingest = FrameIngest(decoder, tail, store, metrics)
         if s.rate_hint is not None and s.rate_hint >= decoder.codec.num_levels:
             raise ValueError(f"rate_hint {s.rate_hint} outside 0..{decoder.codec.num_levels - 1}")
-        servicer = IngestServicer(ingest, bundle.hash, decoder.codec.num_levels, s.rate_hint)
+        auth = CameraAuth(s.camera_tokens)
+        servicer = IngestServicer(
+            ingest, bundle.hash, decoder.codec.num_levels, s.rate_hint, auth=auth
+        )
         self._grpc, self.grpc_port = create_grpc_server(servicer, s)
         await self._grpc.start()
-        log.info("gRPC ingest on %s:%d (bundle %s)", s.grpc_host, self.grpc_port, bundle.hash[:12])
+        log.info(
+            "gRPC ingest on %s:%d (bundle %s, %s, %s)",
+            s.grpc_host,
+            self.grpc_port,
+            bundle.hash[:12],
+            "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext",
+            f"camera tokens: {len(s.camera_tokens)}" if auth.enabled else "no camera tokens",
+        )
+        if not auth.enabled and s.grpc_host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("camera_tokens is empty: any client may stream as any camera")
 
         # 4. Views: the queue (restarted jobs re-queued) and its workers.
         views = ViewQueue(store, s, metrics)

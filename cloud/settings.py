@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class CloudSettings(BaseSettings):
@@ -42,6 +46,28 @@ class CloudSettings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="CA that signs camera certificates (requires mutual TLS)"
     )
+
+    @field_validator("camera_tokens")
+    @classmethod
+    def _token_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for camera, digest in value.items():
+            if not CAMERA_ID.match(camera):
+                raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+            if not SHA256_HEX.match(digest):
+                # The usual mistake is pasting the token itself: say what is expected.
+                raise ValueError(
+                    f"camera {camera}: expected the sha256 hex of its token (64 hex "
+                    "characters, printed by `fchm cloud token`), not the token itself"
+                )
+        return {camera: digest.lower() for camera, digest in value.items()}
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> CloudSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together (TLS)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS runs over TLS)")
+        return self
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fchm.db'}"

@@ -85,6 +85,21 @@ class EntropyTables:
     def _escape_model(self) -> object:
         return constriction.stream.model.Uniform(1 << 16)
 
+    def expected_bits(self, level: int, latent_shape: tuple[int, int, int]) -> float:
+        """Bits :meth:`encode` is expected to spend on a (C, H, W) tensor at ``level``.
+
+        The tables' own entropy, per channel, times the positions per channel, plus
+        the raw 32 bits of each escaped value and one word of ANS state. It is exact
+        in expectation when the symbols follow the tables (the data they were fitted
+        on); on other content the actual size differs by the cross-entropy gap, which
+        a rate controller measures online. Pure numpy, no coder involved.
+        """
+        channels, h, w = latent_shape
+        self._check(channels, level)
+        probs = self.freqs[level].astype(np.float64) / (1 << PRECISION)
+        per_symbol = -(probs * np.log2(probs)).sum(axis=-1) + probs[:, self.escape] * _ESCAPE_BITS
+        return float(per_symbol.sum()) * h * w + 32.0
+
     def prepare(self) -> None:
         for level in range(self.num_levels):
             for channel in range(self.num_channels):

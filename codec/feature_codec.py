@@ -36,11 +36,21 @@ class FeatureCodec(Protocol):
     @property
     def num_levels(self) -> int: ...
 
+    @property
+    def num_channels(self) -> int:
+        """Channels of the latent tensor this codec codes."""
+        ...
+
     def prepare(self) -> None:
         """Build coding models up front so the first frame is not slower than the rest."""
         ...
 
     def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures: ...
+
+    def expected_bytes(self, rate_level: int, latent_shape: tuple[int, int, int]) -> float:
+        """Expected payload size at ``rate_level`` for a (C, H, W) latent, from the
+        codec's own statistics (no coding); rate controllers start from it."""
+        ...
 
     def decompress(self, encoded: EncodedFeatures) -> np.ndarray: ...
 
@@ -64,6 +74,10 @@ class UniformFeatureCodec:
     def num_levels(self) -> int:
         return int(self.steps.shape[0])
 
+    @property
+    def num_channels(self) -> int:
+        return int(self.mean.shape[0])
+
     def prepare(self) -> None:
         self.tables.prepare()
 
@@ -74,6 +88,12 @@ class UniformFeatureCodec:
     def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
         x = q.astype(np.float32) * self.steps[rate_level]
         return x * self.scale[:, None, None] + self.mean[:, None, None]
+
+    def expected_bytes(self, rate_level: int, latent_shape: tuple[int, int, int]) -> float:
+        """Expected payload bytes: the integer tables' entropy (see EntropyTables.expected_bits)."""
+        if not 0 <= rate_level < self.num_levels:
+            raise ValueError(f"rate_level {rate_level} outside 0..{self.num_levels - 1}")
+        return self.tables.expected_bits(rate_level, latent_shape) / 8.0
 
     def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures:
         if features.ndim != 3:

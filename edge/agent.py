@@ -1,23 +1,35 @@
-"""The edge agent: frames in, bitstreams out, every frame acknowledged.
+"""The edge agent: frames in, bitstreams out, nothing lost on the way.
 
-    source ─► FrameEncoder (letterbox ─► encoder ─► quantize + code) ─► Uplink ─► cloud
-                     ▲ rate level: fixed, or the cloud's hint
+    capture thread ─► FrameQueue ─► rate controller ─► FrameEncoder ─► Spool (durable)
+    (source, reconnects)  (bounded; live: drop        (budget, cloud    (letterbox ─►     │
+                           oldest, files: block)        hints, activity)  encoder ─► code)  ▼
+                                                                         Uplink thread ═gRPC═► cloud
+                                                                         (replay oldest first,
+                                                                          reconnect with backoff)
 
-``run_agent`` reads top to bottom; it returns an AgentReport when the source ends
-and every frame is acknowledged.
+``run_agent`` reads top to bottom. It returns when the source ends (or ``stop`` is
+set) and the spool has drained, or ``flush_timeout_s`` has passed. Frames still in
+the spool then are sent by the next run.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from codec.bundle import Bundle
+from edge.channel import call_metadata, open_channel
 from edge.frame_encoder import FrameEncoder
+from edge.frame_queue import FrameQueue, start_capture
+from edge.metrics import EdgeMetrics, MetricsServer, serve_metrics
+from edge.rate_control import ActivityMeter, make_rate_controller
 from edge.settings import EdgeSettings
-from edge.sources import open_source
-from edge.uplink import Uplink
+from edge.sources import CapturedFrame, SourceStats, is_live, open_source
+from edge.spool import Spool
+from edge.uplink import Backoff, Session, Uplink, UplinkListener
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +38,16 @@ log = logging.getLogger(__name__)
 class AgentReport:
     camera_id: str
     frames: int = 0
-    bytes_sent: int = 0
+    """frames encoded and spooled by this run"""
+    bytes_encoded: int = 0
     acked: int = 0
     duplicates: int = 0
     detections: int = 0
-    first_sequence: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    resumed_after: int | None = None
+    """source index this run resumed after (a recorded source spooled earlier)"""
+    spooled_left: int = 0
+    """frames still waiting in the spool at exit (sent by the next run)"""
     elapsed_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     """mean milliseconds per frame in each edge stage"""
@@ -38,54 +55,129 @@ class AgentReport:
 
     @property
     def bytes_per_frame(self) -> float:
-        return self.bytes_sent / max(self.frames, 1)
+        return self.bytes_encoded / max(self.frames, 1)
 
 
-def run_agent(settings: EdgeSettings) -> AgentReport:
-    # 1. Load the bundle and open the encoder backend before touching the network.
+class _Listener(UplinkListener):
+    def __init__(self, metrics: EdgeMetrics) -> None:
+        self.metrics = metrics
+
+    def on_connected(self, session: Session) -> None:
+        self.metrics.on_connected()
+
+    def on_disconnected(self, error: Exception | None) -> None:
+        self.metrics.on_disconnected()
+
+    def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None:
+        self.metrics.on_acked(nbytes)
+
+
+def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> AgentReport:
+    stop = stop or threading.Event()
+    report = AgentReport(settings.camera_id)
+
+    # 1. Bundle and encoder first: a bad bundle or backend fails before anything runs.
     bundle = Bundle.load(settings.bundle)
     encoder = FrameEncoder(bundle, settings.backend, settings.threads)
     check_inputs(settings, encoder)
+    metrics = EdgeMetrics()
+    metrics.describe(settings.camera_id, bundle.hash, settings.backend)
+    server: MetricsServer | None = None
+    if settings.metrics_port is not None:
+        server = serve_metrics(metrics, settings.metrics_port)
 
-    # 2. Handshake: the cloud checks the bundle and says where our sequence resumes.
+    # 2. The durable spool (one per camera) and the uplink that drains it.
+    def dropped(reason: str, frames: int) -> None:
+        report.dropped[reason] = report.dropped.get(reason, 0) + frames
+        metrics.on_dropped(reason, frames)
+
+    spool = Spool(
+        settings.spool_dir / settings.camera_id,
+        int(settings.spool_max_mb * 1e6),
+        settings.spool_max_age_s,
+        on_drop=dropped,
+    )
     uplink = Uplink(
-        settings.cloud,
+        spool,
         settings.camera_id,
         bundle.hash,
-        settings.max_in_flight,
-        settings.grpc_timeout_s,
+        channel_factory=lambda: open_channel(settings),
+        metadata=call_metadata(settings),
+        max_in_flight=settings.max_in_flight,
+        connect_timeout_s=settings.grpc_timeout_s,
+        backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
+        listener=_Listener(metrics),
     )
-    session = uplink.open()
-    log.info(
-        "camera %s connected to %s, resuming at sequence %d (clock offset %.1f ms)",
-        settings.camera_id,
-        settings.cloud,
-        session.next_sequence,
-        session.clock_offset_ns / 1e6,
+    metrics.watch_spool(lambda: spool.size_bytes, lambda: spool.frames)
+    uplink.start()
+
+    # 3. Capture on its own thread into a bounded queue.
+    live = is_live(settings.source)
+    resume = None if live else spool.resume_position(settings.source)
+    if resume is not None:
+        log.info("resuming %s after frame %d (already spooled)", settings.source, resume)
+        report.resumed_after = resume
+    source_stop = threading.Event()
+    frames = open_source(
+        settings.source,
+        settings.max_fps,
+        reconnect=settings.reconnect_source,
+        stats=SourceStats(),
+        stop=source_stop,
     )
-    report = AgentReport(settings.camera_id, first_sequence=session.next_sequence)
+    queue = FrameQueue(settings.queue_frames, drop_oldest=live)
+    metrics.watch_queue(lambda: len(queue))
+    start_capture(_after(frames, resume, settings.max_frames), queue)
+
+    # 4. Encode loop: rate level per frame, encode, spool (durable), account.
+    rate = make_rate_controller(settings, encoder.codec, fps_hint=settings.max_fps)
+    activity = ActivityMeter()
     totals: dict[str, float] = {}
+    queue_drops = 0
     started = time.perf_counter()
-
-    # 3. Encode and send each frame; the uplink blocks when too many are unacked.
-    sequence = session.next_sequence
-    for frame in open_source(settings.source, settings.max_fps, settings.max_frames):
-        level = choose_rate_level(settings, uplink.rate_hint, encoder.num_levels)
-        encoded = encoder.encode(frame, level)
-        uplink.send(sequence, encoded)
-        sequence += 1
-        report.frames += 1
-        report.bytes_sent += len(encoded.bitstream)
-        report.frame_bytes.append(len(encoded.bitstream))
-        for stage, ms in encoded.stage_ms.items():
-            totals[stage] = totals.get(stage, 0.0) + ms
-
-    # 4. Drain: wait for every ack, then close the stream.
-    uplink.close()
-    report.elapsed_s = time.perf_counter() - started
-    report.acked, report.duplicates = uplink.acked, uplink.duplicates
-    report.detections = uplink.detections
-    report.stage_ms = {k: v / max(report.frames, 1) for k, v in totals.items()}
+    try:
+        for frame in queue:
+            if stop.is_set() or uplink.fatal is not None:
+                break
+            metrics.on_captured()
+            now_s = _clock(frame)
+            rate.set_hint(uplink.rate_hint)
+            level = rate.choose(now_s, activity(frame.image))
+            encoded = encoder.encode(frame, level)
+            spool.append(
+                frame.capture_time_ns,
+                level,
+                encoded.bitstream,
+                source=None if live else settings.source,
+                source_index=frame.index,
+            )
+            rate.record(now_s, level, len(encoded.bitstream))
+            metrics.on_encoded(encoded)
+            report.frames += 1
+            report.bytes_encoded += len(encoded.bitstream)
+            report.frame_bytes.append(len(encoded.bitstream))
+            for stage, ms in encoded.stage_ms.items():
+                totals[stage] = totals.get(stage, 0.0) + ms
+            if queue.dropped > queue_drops:
+                dropped("queue_full", queue.dropped - queue_drops)
+                queue_drops = queue.dropped
+    finally:
+        # 5. Shut down in order: stop capture, flush the spool, close the stream.
+        queue.close()
+        source_stop.set()
+        drained = uplink.stop(settings.flush_timeout_s if uplink.fatal is None else 0)
+        report.elapsed_s = time.perf_counter() - started
+        report.acked, report.duplicates = uplink.stats.acked, uplink.stats.duplicates
+        report.detections = uplink.stats.detections
+        report.spooled_left = spool.frames
+        report.stage_ms = {k: v / max(report.frames, 1) for k, v in totals.items()}
+        spool.close()
+        if server is not None:
+            server.close()
+    if uplink.fatal is not None:
+        raise uplink.fatal
+    if not drained:
+        log.warning("%d frames stay in the spool; the next run sends them", report.spooled_left)
     return report
 
 
@@ -96,7 +188,20 @@ def check_inputs(settings: EdgeSettings, encoder: FrameEncoder) -> None:
         )
 
 
-def choose_rate_level(settings: EdgeSettings, hint: int | None, num_levels: int) -> int:
-    if settings.follow_rate_hints and hint is not None and 0 <= hint < num_levels:
-        return hint
-    return settings.rate_level
+def _after(
+    frames: Iterator[CapturedFrame], resume: int | None, max_frames: int | None
+) -> Iterator[CapturedFrame]:
+    """Skip what an earlier run already spooled; cap this run at ``max_frames``."""
+    produced = 0
+    for frame in frames:
+        if resume is not None and frame.index <= resume:
+            continue
+        if max_frames is not None and produced >= max_frames:
+            return
+        produced += 1
+        yield frame
+
+
+def _clock(frame: CapturedFrame) -> float:
+    # Recorded files run faster than real time: budget them on their own timeline.
+    return frame.media_time_s if frame.media_time_s is not None else frame.capture_time_ns / 1e9

@@ -1,15 +1,25 @@
 """Encoder backends: run encoder.onnx (detector layers 0..split) on one frame.
 
-BACKENDS is the explicit registry. TensorRT arrives as another entry; optional
-backends fail with a message saying which extra to install.
+    (1,3,H,W) float32 ─► BACKENDS[name] ─► split features (C,h,w) float32
+                          onnxruntime-cpu   ONNX Runtime, CPU threads
+                          onnxruntime-cuda  ONNX Runtime, CUDA provider ('gpu' extra)
+                          tensorrt          TensorRT engine per GPU/version/shape/bundle,
+                                            cached on disk (edge/tensorrt_engines.py)
+
+BACKENDS is the explicit registry. Optional backends import their packages only
+when opened, and fail with a message naming the extra to install.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+DEFAULT_ENGINE_CACHE = Path("var/edge/engines")
 
 
 class EncoderBackend(Protocol):
@@ -18,6 +28,24 @@ class EncoderBackend(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(1,3,H,W) float32 in [0,1] → split features (C,h,w) float32."""
         ...
+
+
+class BackendUnavailable(ValueError):
+    """A backend whose packages or device are missing here.
+
+    A ValueError, like any other bad setting: the CLI reports it as a message
+    that names the ``backend`` field, not as a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    threads: int = 0
+    """ONNX Runtime intra-op threads (0: ONNX Runtime decides)"""
+    engine_cache: Path = DEFAULT_ENGINE_CACHE
+    """where TensorRT engines are cached"""
+    bundle_hash: str | None = None
+    """the bundle's hash, part of a TensorRT engine's cache key (None: hash the ONNX file)"""
 
 
 class OnnxRuntimeEncoder:
@@ -29,7 +57,7 @@ class OnnxRuntimeEncoder:
 
         missing = [p for p in self.providers if p not in ort.get_available_providers()]
         if missing:
-            raise RuntimeError(
+            raise BackendUnavailable(
                 f"backend {self.name} needs {missing}; install the 'gpu' extra (onnxruntime-gpu)"
             )
         options = ort.SessionOptions()
@@ -47,17 +75,45 @@ class OnnxRuntimeCudaEncoder(OnnxRuntimeEncoder):
     name = "onnxruntime-cuda"
 
 
-BACKENDS: dict[str, type[OnnxRuntimeEncoder]] = {
-    OnnxRuntimeEncoder.name: OnnxRuntimeEncoder,
-    OnnxRuntimeCudaEncoder.name: OnnxRuntimeCudaEncoder,
+def _onnxruntime_cpu(model: Path, options: BackendOptions) -> EncoderBackend:
+    return OnnxRuntimeEncoder(model, options.threads)
+
+
+def _onnxruntime_cuda(model: Path, options: BackendOptions) -> EncoderBackend:
+    return OnnxRuntimeCudaEncoder(model, options.threads)
+
+
+def _tensorrt(model: Path, options: BackendOptions) -> EncoderBackend:
+    # Imported here: the module is light, but it is the TensorRT path, and the
+    # registry should not pay for it on a CPU-only camera.
+    from edge.tensorrt_engines import TensorRTEncoder
+
+    return TensorRTEncoder(model, options.engine_cache, options.bundle_hash)
+
+
+BackendFactory = Callable[[Path, BackendOptions], EncoderBackend]
+
+BACKENDS: dict[str, BackendFactory] = {
+    OnnxRuntimeEncoder.name: _onnxruntime_cpu,
+    OnnxRuntimeCudaEncoder.name: _onnxruntime_cuda,
+    "tensorrt": _tensorrt,
 }
 
 
-def open_backend(name: str, model: Path, threads: int = 0) -> EncoderBackend:
+def open_backend(
+    name: str,
+    model: Path,
+    threads: int = 0,
+    *,
+    engine_cache: Path | None = None,
+    bundle_hash: str | None = None,
+) -> EncoderBackend:
+    """Open backend ``name`` on ``model`` (encoder.onnx); BackendUnavailable if it cannot run."""
     try:
-        cls = BACKENDS[name]
+        factory = BACKENDS[name]
     except KeyError:
         raise ValueError(
             f"backend: unknown encoder backend {name!r}, known: {sorted(BACKENDS)}"
         ) from None
-    return cls(model, threads)
+    options = BackendOptions(threads, engine_cache or DEFAULT_ENGINE_CACHE, bundle_hash)
+    return factory(model, options)

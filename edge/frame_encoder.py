@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
@@ -26,10 +27,22 @@ class EncodedFrame:
 
 
 class FrameEncoder:
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime-cpu", threads: int = 0) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str = "onnxruntime-cpu",
+        threads: int = 0,
+        engine_cache: Path | None = None,
+    ) -> None:
         self.bundle = bundle
         self.codec = bundle.load_codec()
-        self.backend = open_backend(backend, bundle.file("encoder"), threads)
+        self.backend = open_backend(
+            backend,
+            bundle.file("encoder"),
+            threads,
+            engine_cache=engine_cache,  # TensorRT engines, keyed by the bundle hash among others
+            bundle_hash=bundle.hash,
+        )
         self.input_size = bundle.manifest.detector.input_size
         self.pad_multiple = bundle.manifest.detector.pad_multiple
         self.codec.prepare()  # build every entropy model now, not on the first frame

@@ -1,30 +1,46 @@
-"""The edge's uplink: one gRPC stream to the cloud's Ingest service.
+"""The edge's uplink: drains the spool to the cloud, one gRPC stream at a time.
 
-    send(frame) ─► outbox ─► request iterator (Hello, Frame, Frame, …) ─► cloud
-    reader thread ◄─ Welcome, Ack, RateHint ◄───────────────────────────┘
+    Spool ─► request iterator: Hello, then unacked frames oldest first (≤ max_in_flight)
+      ▲                                                              │ gRPC stream
+      └─ ack(seq) ◄── reader: Welcome, Ack, RateHint ◄───────────────┘
 
-At most ``max_in_flight`` frames are unacknowledged; ``send`` blocks beyond that,
-which is the backpressure that keeps a slow link from growing memory. A frame
-leaves ``pending`` only when the cloud acks it (the ack means durable).
+A broken stream (link cut, cloud restarted) ends the session; the next session
+replays everything still in the spool, after an exponential backoff with jitter.
+The cloud deduplicates on (camera, sequence), so a replay costs bytes, never data.
+Statuses that retrying cannot fix (another bundle, bad credentials) stop the uplink
+and leave the spool intact. A frame the cloud rejects as malformed is dropped from the
+spool, counted, and logged, so that it cannot block the stream forever.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import random
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 
-from edge.frame_encoder import EncodedFrame
+from edge.spool import Spool
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-AGENT_VERSION = "fchm-edge/0.1"
+AGENT_VERSION = "fchm-edge/0.2"
+REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
+"""Trailing metadata naming the frame behind an INVALID_ARGUMENT."""
+
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 class UplinkError(RuntimeError):
@@ -41,101 +57,196 @@ class Session:
     next_sequence: int
     clock_offset_ns: int
     num_rate_levels: int
+    connected_at: float
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 0.2
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential, capped, with "equal jitter" so cameras don't reconnect in lockstep."""
+        ceiling = min(self.max_s, self.initial_s * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class UplinkStats:
+    acked: int = 0
+    duplicates: int = 0
+    detections: int = 0
+    bytes_acked: int = 0
+    sessions: int = 0
+    rejected: int = 0
+
+
+class UplinkListener:
+    """Hooks for metrics; the defaults do nothing."""
+
+    def on_connected(self, session: Session) -> None: ...
+
+    def on_disconnected(self, error: Exception | None) -> None: ...
+
+    def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None: ...
+
+
+@dataclass
+class _SessionState:
+    closed: bool = False
+    in_flight: dict[int, int] = field(default_factory=dict)  # sequence → bytes
 
 
 class Uplink:
     def __init__(
         self,
-        target: str,
+        spool: Spool,
         camera_id: str,
         bundle_hash: str,
+        channel_factory: Callable[[], grpc.Channel],
+        metadata: Sequence[tuple[str, str]] = (),
         max_in_flight: int = 32,
-        timeout_s: float = 30.0,
-        max_message_bytes: int = 8 << 20,
+        connect_timeout_s: float = 10.0,
+        backoff: Backoff = Backoff(),
+        listener: UplinkListener | None = None,
     ) -> None:
-        self.target, self.camera_id, self.bundle_hash = target, camera_id, bundle_hash
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_send_message_length", max_message_bytes)]
-        )
-        self._outbox: queue.Queue[ingest_pb2.UplinkMessage | None] = queue.Queue()
-        self._window = threading.Semaphore(max_in_flight)
-        self._lock = threading.Lock()
-        self._pending: dict[int, int] = {}  # sequence → bytes
-        self._drained = threading.Condition(self._lock)
-        self._error: UplinkError | None = None
-        self._reader: threading.Thread | None = None
+        self.spool, self.camera_id, self.bundle_hash = spool, camera_id, bundle_hash
+        self.channel_factory, self.metadata = channel_factory, tuple(metadata)
+        self.max_in_flight, self.connect_timeout_s = max_in_flight, connect_timeout_s
+        self.backoff = backoff
+        self.listener = listener or UplinkListener()
+        self.stats = UplinkStats()
+        self.session: Session | None = None
         self.rate_hint: int | None = None
-        self.acked = 0
-        self.duplicates = 0
-        self.bytes_acked = 0
-        self.detections = 0
+        self.fatal: UplinkError | None = None
+        self._stopping = threading.Event()
+        self._call: grpc.RpcContext | None = None
+        self._thread: threading.Thread | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
-    def open(self) -> Session:
-        stub = ingest_pb2_grpc.IngestStub(self._channel)
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=self.timeout_s)
-        except grpc.FutureTimeoutError:
-            raise UplinkError(
-                grpc.StatusCode.UNAVAILABLE, f"cloud {self.target} not reachable"
-            ) from None
-        self._call = stub.Stream(self._requests())
-        try:
-            first = next(iter(self._call))
-        except grpc.RpcError as exc:
-            raise UplinkError(exc.code(), exc.details() or "") from None
-        if first.WhichOneof("kind") != "welcome":
-            raise UplinkError(grpc.StatusCode.INTERNAL, "cloud did not answer Hello with Welcome")
-        w = first.welcome
-        self._reader = threading.Thread(target=self._read, name="uplink-acks", daemon=True)
-        self._reader.start()
-        return Session(w.next_sequence, w.clock_offset_ns, w.num_rate_levels)
+    @property
+    def connected(self) -> bool:
+        return self.session is not None
 
-    def close(self) -> None:
-        """Wait for every pending ack, then end the stream."""
-        deadline = time.monotonic() + self.timeout_s
-        with self._drained:
-            while self._pending and self._error is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._drained.wait(left)
-            unacked = len(self._pending)
-        self._outbox.put(None)
-        if self._reader is not None:
-            self._reader.join(self.timeout_s)
-        self._channel.close()
-        if self._error is not None:
-            raise self._error
-        if unacked:
-            raise UplinkError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, f"{unacked} frames unacknowledged at close"
-            )
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
 
-    # ── sending ──────────────────────────────────────────────────────────────
-    def send(self, sequence: int, frame: EncodedFrame) -> None:
-        while not self._window.acquire(timeout=0.5):
-            self._raise_if_failed()
-        self._raise_if_failed()
-        with self._lock:
-            self._pending[sequence] = len(frame.bitstream)
-        self._outbox.put(
-            ingest_pb2.UplinkMessage(
-                frame=ingest_pb2.Frame(
-                    sequence=sequence,
-                    capture_time_ns=frame.capture_time_ns,
-                    rate_level=frame.rate_level,
-                    bitstream=frame.bitstream,
-                )
-            )
+    def wait_connected(self, timeout_s: float) -> Session | None:
+        deadline = time.monotonic() + timeout_s
+        while self.session is None and self.fatal is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.session
+
+    def stop(self, flush_timeout_s: float) -> bool:
+        """Wait up to ``flush_timeout_s`` for the spool to drain, then end the stream.
+
+        Returns True when every frame was acknowledged; otherwise the rest stays spooled.
+        """
+        deadline = time.monotonic() + flush_timeout_s
+        # Wait in slices: a fatal status ends the wait early (nothing more will drain).
+        while self.fatal is None and time.monotonic() < deadline:
+            if self.spool.wait_empty(min(0.2, max(deadline - time.monotonic(), 0))):
+                break
+        drained = self.fatal is None and self.spool.frames == 0
+        self._stopping.set()
+        with self.spool.changed:
+            self.spool.changed.notify_all()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(self.connect_timeout_s + 5)
+        return drained
+
+    # ── the reconnect loop ───────────────────────────────────────────────────
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            error: Exception | None = None
+            try:
+                self._session()
+            except UplinkError as exc:
+                error = exc
+                if exc.code in FATAL_CODES or self._is_bad_hello(exc):
+                    log.error("uplink stopped: %s", exc)
+                    self.fatal = exc
+                    return
+            if self.stats.sessions and self.session is not None:
+                attempt = 0  # the last session got as far as a Welcome
+            self.session = None
+            self.listener.on_disconnected(error)
+            if self._stopping.is_set():
+                return
+            delay = self.backoff.delay(attempt)
+            attempt += 1
+            log.warning("uplink down (%s); reconnecting in %.2f s", error or "stream ended", delay)
+            self._stopping.wait(delay)
+
+    def _is_bad_hello(self, exc: UplinkError) -> bool:
+        return exc.code == grpc.StatusCode.INVALID_ARGUMENT and "camera_id" in exc.details
+
+    def _session(self) -> None:
+        channel = self.channel_factory()
+        state = _SessionState()
+        try:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
+            except grpc.FutureTimeoutError:
+                raise UplinkError(grpc.StatusCode.UNAVAILABLE, "cloud not reachable") from None
+            stub = ingest_pb2_grpc.IngestStub(channel)
+            call = stub.Stream(self._requests(state), metadata=self.metadata)
+            self._call = call
+            try:
+                replies = iter(call)
+                first = next(replies)
+                if first.WhichOneof("kind") != "welcome":
+                    raise UplinkError(grpc.StatusCode.INTERNAL, "cloud did not answer with Welcome")
+                self._welcome(first.welcome)
+                for message in replies:
+                    self._on_message(message, state)
+            except grpc.RpcError as exc:
+                self._on_rpc_error(exc)
+            except StopIteration:
+                pass
+        finally:
+            with self.spool.changed:
+                state.closed = True
+                self.spool.changed.notify_all()
+            self._call = None
+            channel.close()
+
+    def _welcome(self, welcome: ingest_pb2.Welcome) -> None:
+        self.session = Session(
+            welcome.next_sequence,
+            welcome.clock_offset_ns,
+            welcome.num_rate_levels,
+            time.monotonic(),
         )
+        self.stats.sessions += 1
+        log.info(
+            "camera %s connected; %d frames spooled (clock offset %.1f ms)",
+            self.camera_id, self.spool.frames, welcome.clock_offset_ns / 1e6,
+        )  # fmt: skip
+        self.listener.on_connected(self.session)
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def _on_rpc_error(self, exc: grpc.RpcError) -> None:
+        code = exc.code()
+        details = exc.details() or ""
+        if code == grpc.StatusCode.CANCELLED and self._stopping.is_set():
+            return
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            metadata = exc.trailing_metadata() or ()
+            pairs = cast(tuple[tuple[str, str], ...], metadata)  # (key, value) at run time
+            rejected = next((v for k, v in pairs if k == REJECTED_SEQUENCE_KEY), None)
+            if rejected is not None:
+                self.stats.rejected += 1
+                self.spool.reject(int(rejected), details)
+                return
+        raise UplinkError(code, details)
 
-    def _requests(self) -> Iterator[ingest_pb2.UplinkMessage]:
+    # ── the two directions of one session ────────────────────────────────────
+    def _requests(self, state: _SessionState) -> Iterator[ingest_pb2.UplinkMessage]:
         yield ingest_pb2.UplinkMessage(
             hello=ingest_pb2.Hello(
                 camera_id=self.camera_id,
@@ -144,45 +255,43 @@ class Uplink:
                 agent_version=AGENT_VERSION,
             )
         )
-        while (message := self._outbox.get()) is not None:
-            yield message
-
-    # ── receiving ────────────────────────────────────────────────────────────
-    def _read(self) -> None:
-        try:
-            for message in self._call:
-                kind = message.WhichOneof("kind")
-                if kind == "ack":
-                    self._on_ack(message.ack)
-                elif kind == "rate_hint":
-                    log.info(
-                        "cloud rate hint: level %d (%s)",
-                        message.rate_hint.rate_level,
-                        message.rate_hint.reason,
+        last: int | None = None
+        while True:
+            with self.spool.changed:
+                while not state.closed:
+                    room = self.max_in_flight - len(state.in_flight)
+                    batch = self.spool.pending(last, room) if room > 0 else []
+                    if batch:
+                        break
+                    self.spool.changed.wait(0.5)
+                if state.closed:
+                    return
+                for frame in batch:
+                    state.in_flight[frame.sequence] = len(frame.bitstream)
+            for frame in batch:
+                last = frame.sequence
+                yield ingest_pb2.UplinkMessage(
+                    frame=ingest_pb2.Frame(
+                        sequence=frame.sequence,
+                        capture_time_ns=frame.capture_time_ns,
+                        rate_level=frame.rate_level,
+                        bitstream=frame.bitstream,
                     )
-                    self.rate_hint = message.rate_hint.rate_level
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._fail(UplinkError(exc.code(), exc.details() or ""))
-        finally:
-            with self._drained:
-                self._drained.notify_all()
+                )
 
-    def _on_ack(self, ack: ingest_pb2.Ack) -> None:
-        with self._drained:
-            size = self._pending.pop(ack.sequence, None)
-            if size is None:
-                return
-            self.acked += 1
-            self.duplicates += int(ack.duplicate)
-            self.bytes_acked += size
-            self.detections += ack.num_detections
-            if not self._pending:
-                self._drained.notify_all()
-        self._window.release()
-
-    def _fail(self, error: UplinkError) -> None:
-        log.error("uplink to %s failed: %s", self.target, error)
-        self._error = error
-        with self._drained:
-            self._drained.notify_all()
+    def _on_message(self, message: ingest_pb2.DownlinkMessage, state: _SessionState) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "ack":
+            ack = message.ack
+            with self.spool.changed:
+                nbytes = state.in_flight.pop(ack.sequence, 0)
+                self.spool.ack(ack.sequence)
+            self.stats.acked += 1
+            self.stats.duplicates += int(ack.duplicate)
+            self.stats.detections += ack.num_detections
+            self.stats.bytes_acked += nbytes
+            self.listener.on_acked(ack.sequence, nbytes, ack.duplicate)
+        elif kind == "rate_hint":
+            hint = message.rate_hint
+            log.info("cloud rate hint: level %d (%s)", hint.rate_level, hint.reason)
+            self.rate_hint = hint.rate_level

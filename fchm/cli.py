@@ -1,6 +1,7 @@
 """``fchm``: one command, a subcommand per service.
 
     fchm cloud serve      gRPC ingest + REST API + view workers (one process)
+    fchm cloud token      a new camera token and the hash for the cloud's config
     fchm edge run         camera agent: source → encoder → codec → uplink
     fchm model export     Ultralytics checkpoint → bundle
     fchm demo             all of the above, end to end, on a real video
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from fchm.logging_setup import setup_logging
 
 app = typer.Typer(
     help="FCHM: machine-first split inference for cameras.",
@@ -30,6 +34,12 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(edge_app, name="edge")
 app.add_typer(model_app, name="model")
 
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file")]
 
 
@@ -41,11 +51,17 @@ def fail(message: str) -> typer.Exit:
 @app.callback()
 def main(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="FCHM_LOG_FORMAT", help="text, or json: one JSON object per line for shippers"
+        ),
+    ] = LogFormat.text,
 ) -> None:
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        setup_logging(log_level, log_format.value)
+    except ValueError as exc:  # an unknown level name
+        raise fail(f"--log-level: {exc}") from None
 
 
 @cloud_app.command("serve")
@@ -78,6 +94,28 @@ def cloud_serve(
         raise fail(str(exc)) from None
 
 
+@cloud_app.command("token")
+def cloud_token(
+    camera: Annotated[str, typer.Option(help="Camera id the token is for")],
+) -> None:
+    """Print a new random token for a camera and the sha256 line for the cloud's config.
+
+    The camera keeps the token (edge `token:` or FCHM_EDGE_TOKEN); the cloud stores
+    only its hash under `camera_tokens:`. Run again to rotate a token.
+    """
+    from cloud.camera_auth import hash_token, new_token
+    from cloud.settings import CAMERA_ID
+
+    if not CAMERA_ID.match(camera):
+        raise fail(f"--camera: {camera!r} must match {CAMERA_ID.pattern}")
+    token = new_token()
+    typer.echo(f"# edge config of {camera} (or FCHM_EDGE_TOKEN); keep it secret")
+    typer.echo(f"token: {token}")
+    typer.echo("# cloud config: add under camera_tokens")
+    typer.echo("camera_tokens:")
+    typer.echo(f"  {camera}: {hash_token(token)}")
+
+
 @edge_app.command("run")
 def edge_run(
     config: ConfigOpt = None,
@@ -91,8 +129,19 @@ def edge_run(
     max_fps: Annotated[float | None, typer.Option(help="Frame-rate cap")] = None,
     max_frames: Annotated[int | None, typer.Option(help="Stop after N frames")] = None,
     backend: Annotated[str | None, typer.Option(help="Encoder backend")] = None,
+    budget_kbps: Annotated[
+        float | None, typer.Option(help="Bandwidth budget, kbit/s (picks the level per frame)")
+    ] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Durable spool directory")] = None,
 ) -> None:
-    """Stream a source to the cloud as compressed detector features."""
+    """Stream a source to the cloud as compressed detector features.
+
+    SIGTERM or Ctrl-C stops capture and flushes the spool (up to flush_timeout_s);
+    frames still spooled are sent by the next run (exit code 3 says so).
+    """
+    import signal
+    import threading
+
     from codec.bundle import BundleError
     from edge.agent import run_agent
     from edge.settings import EdgeSettings
@@ -112,15 +161,26 @@ def edge_run(
             max_fps=max_fps,
             max_frames=max_frames,
             backend=backend,
+            budget_kbps=budget_kbps,
+            spool_dir=spool_dir,
         )
-        report = run_agent(settings)
+        if settings.log_format == "json":  # the agent's YAML/env may ask for JSON logs
+            setup_logging(logging.getLogger().level, "json")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        report = run_agent(settings, stop)
     except (ConfigError, BundleError, SourceError, UplinkError, ValueError) as exc:
         raise fail(str(exc)) from None
+    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none"
     typer.echo(
         f"camera {report.camera_id}: {report.frames} frames, {report.acked} acked "
         f"({report.duplicates} duplicates), {report.bytes_per_frame:.0f} bytes/frame, "
-        f"{report.detections} detections, {report.elapsed_s:.1f} s"
+        f"{report.detections} detections, dropped: {dropped}, {report.elapsed_s:.1f} s"
     )
+    if report.spooled_left:
+        typer.echo(f"{report.spooled_left} frames stay in the spool for the next run", err=True)
+        raise typer.Exit(3)
 
 
 @model_app.command("export")

@@ -25,6 +25,14 @@ class ConfigError(ValueError):
     """A configuration value that is missing, unknown or invalid."""
 
 
+def _shown(err: Any) -> str:
+    # Error messages reach logs: never echo a value that may be a secret (a token
+    # pasted where its hash belongs).
+    if any("token" in str(part) for part in err["loc"]):
+        return "<redacted>"
+    return repr(err.get("input"))
+
+
 def load_settings(cls: type[S], config_file: Path | None = None, **overrides: Any) -> S:
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
@@ -50,7 +58,7 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {_shown(err)})"
             for err in exc.errors()
         )
         source = f" in {config_file}" if config_file else ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,7 +122,9 @@ def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx
     from edge.agent import run_agent
     from edge.settings import EdgeSettings
 
-    # 3. Edge.
+    # 3. Edge, with a fresh spool: a spool remembers how far into the video it got.
+    spool_dir = cfg.out / "edge-spool"
+    shutil.rmtree(spool_dir, ignore_errors=True)
     settings = EdgeSettings(
         bundle=cfg.bundle,
         source=str(video),
@@ -131,6 +134,7 @@ def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx
         max_fps=cfg.fps,
         max_frames=cfg.frames,
         threads=1,
+        spool_dir=spool_dir,
     )
     report = run_agent(settings)
     stages = ", ".join(f"{k} {v:.1f} ms" for k, v in report.stage_ms.items())

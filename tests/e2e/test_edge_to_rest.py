@@ -43,7 +43,7 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         edge = subprocess.run(
             [sys.executable, "-m", "fchm", "edge", "run", "--source", str(frames),
              "--camera", "gate-1", "--cloud", f"127.0.0.1:{grpc_port}", "--rate", "6",
-             "--bundle", str(tiny_bundle.path)],
+             "--bundle", str(tiny_bundle.path), "--spool-dir", str(tmp_path / "spool")],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert edge.returncode == 0, edge.stderr
@@ -60,7 +60,7 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
             b = d["box"]
             assert 0 <= b["x1"] <= b["x2"] <= w and 0 <= b["y1"] <= b["y2"] <= h
 
-        job = api.post("/v1/views", json={"camera": "gate-1", "sequence": 0})
+        job = api.post("/v1/views", json={"camera": "gate-1", "sequence": frames_page[0]["sequence"]})
         assert job.status_code == 202
         view_id = job.json()["id"]
         for _ in range(100):

@@ -11,7 +11,8 @@ from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
 from edge.frame_encoder import EncodedFrame, FrameEncoder
 from edge.sources import CapturedFrame
-from edge.uplink import Uplink, UplinkError
+from edge.spool import Spool
+from edge.uplink import Backoff, Uplink
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import RunningCloud, sample_images
 
@@ -19,42 +20,66 @@ from tests.conftest import RunningCloud, sample_images
 def encoded_frames(bundle: Bundle, level: int = 3) -> list[EncodedFrame]:
     encoder = FrameEncoder(bundle)
     images = [cv2.imread(str(p)) for p in sample_images()]
-    return [encoder.encode(CapturedFrame(i, 1_000_000_000 * (i + 1), im), level)
-            for i, im in enumerate(images)]  # fmt: skip
+    return [
+        encoder.encode(CapturedFrame(i, 1_000_000_000 * (i + 1), im), level)
+        for i, im in enumerate(images)
+    ]
 
 
 def stream(cloud: RunningCloud, bundle: Bundle, camera: str, frames: list[EncodedFrame],
-           first_sequence: int | None = None) -> Uplink:  # fmt: skip
-    uplink = Uplink(cloud.grpc_target, camera, bundle.hash, max_in_flight=4, timeout_s=20)
-    session = uplink.open()
-    start = session.next_sequence if first_sequence is None else first_sequence
-    for i, frame in enumerate(frames):
-        uplink.send(start + i, frame)
-    uplink.close()
+           spool_dir: Path, bundle_hash: str | None = None) -> Uplink:  # fmt: skip
+    spool = Spool(spool_dir / camera, max_bytes=1 << 30, max_age_s=3600)
+    for f in frames:
+        spool.append(f.capture_time_ns, f.rate_level, f.bitstream)
+    uplink = Uplink(
+        spool,
+        camera,
+        bundle_hash or bundle.hash,
+        channel_factory=lambda: grpc.insecure_channel(cloud.grpc_target),
+        max_in_flight=4,
+        connect_timeout_s=5,
+        backoff=Backoff(0.05, 0.2),
+    )
+    uplink.start()
+    uplink.stop(flush_timeout_s=30)
     return uplink
 
 
 def test_frames_are_acked_stored_and_replays_are_idempotent(
-    cloud: RunningCloud, tiny_bundle: Bundle
+    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
     frames = encoded_frames(tiny_bundle)
-    first = stream(cloud, tiny_bundle, "cam-a", frames)
-    assert (first.acked, first.duplicates) == (2, 0)
-
-    replay = stream(cloud, tiny_bundle, "cam-a", frames, first_sequence=0)
-    assert (replay.acked, replay.duplicates) == (2, 2)
+    first = stream(cloud, tiny_bundle, "cam-a", frames, tmp_path)
+    assert (first.stats.acked, first.stats.duplicates, first.fatal) == (2, 0, None)
 
     api = httpx.Client(base_url=cloud.http_base)
     cams = api.get("/v1/cameras").json()["items"]
     assert [(c["camera_id"], c["num_frames"]) for c in cams] == [("cam-a", 2)]
     stored = api.get("/v1/frames", params={"camera": "cam-a"}).json()["items"]
-    assert [f["sequence"] for f in stored] == [0, 1]
-    assert first.detections == sum(f["num_detections"] for f in stored)
+    assert first.stats.detections == sum(f["num_detections"] for f in stored)
     raw = api.get(f"/v1/frames/{stored[0]['id']}/bitstream").content
     assert raw == frames[0].bitstream
 
+    # The same (camera, sequence) again: acked as a duplicate, stored once.
+    replay = [frame(f["sequence"], frames[i].bitstream) for i, f in enumerate(stored)]
+    acks = acked(cloud, [hello(tiny_bundle, "cam-a"), *replay])
+    assert [(a.sequence, a.duplicate) for a in acks] == [(f["sequence"], True) for f in stored]
+    assert len(api.get("/v1/frames", params={"camera": "cam-a"}).json()["items"]) == 2
+
     # A reconnecting camera is told where to resume.
-    assert Uplink(cloud.grpc_target, "cam-a", tiny_bundle.hash).open().next_sequence == 2
+    welcome = next(iter(welcome_stream(cloud, hello(tiny_bundle, "cam-a"))))
+    assert welcome.welcome.next_sequence == stored[-1]["sequence"] + 1
+
+
+def acked(cloud: RunningCloud, messages: list[ingest_pb2.UplinkMessage]) -> list[ingest_pb2.Ack]:
+    with grpc.insecure_channel(cloud.grpc_target) as channel:
+        replies = ingest_pb2_grpc.IngestStub(channel).Stream(iter(messages), timeout=20)
+        return [r.ack for r in replies if r.WhichOneof("kind") == "ack"]
+
+
+def welcome_stream(cloud: RunningCloud, first: ingest_pb2.UplinkMessage):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(cloud.grpc_target) as channel:
+        yield from ingest_pb2_grpc.IngestStub(channel).Stream(iter([first]), timeout=20)
 
 
 def raw_stream(cloud: RunningCloud, messages: list[ingest_pb2.UplinkMessage]) -> grpc.RpcError:
@@ -79,7 +104,7 @@ def frame(sequence: int, data: bytes, level: int = 3) -> ingest_pb2.UplinkMessag
 
 
 def test_malformed_bitstream_is_invalid_argument_and_the_server_keeps_serving(
-    cloud: RunningCloud, tiny_bundle: Bundle
+    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
     good = encoded_frames(tiny_bundle)[0].bitstream
     corrupt = good[:40] + bytes([good[40] ^ 0xFF]) + good[41:]
@@ -105,10 +130,14 @@ def test_malformed_bitstream_is_invalid_argument_and_the_server_keeps_serving(
     assert [
         f["sequence"] for f in api.get("/v1/frames", params={"camera": "cam-b"}).json()["items"]
     ] == [0]
-    assert stream(cloud, tiny_bundle, "cam-e", encoded_frames(tiny_bundle)).acked == 2
+    assert (
+        stream(cloud, tiny_bundle, "cam-e", encoded_frames(tiny_bundle), tmp_path).stats.acked == 2
+    )
 
 
-def test_handshake_errors_name_the_problem(cloud: RunningCloud, tiny_bundle: Bundle) -> None:
+def test_handshake_errors_name_the_problem(
+    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
     good = encoded_frames(tiny_bundle)[0].bitstream
     error = raw_stream(cloud, [frame(0, good)])
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -118,14 +147,27 @@ def test_handshake_errors_name_the_problem(cloud: RunningCloud, tiny_bundle: Bun
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "camera_id" in (error.details() or "")
 
-    with pytest.raises(UplinkError) as info:
-        Uplink(cloud.grpc_target, "cam-f", "0" * 64, timeout_s=10).open()
-    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "bundle_hash" in info.value.details
+    other_bundle = stream(
+        cloud, tiny_bundle, "cam-f", encoded_frames(tiny_bundle), tmp_path, bundle_hash="0" * 64
+    )
+    assert other_bundle.fatal is not None
+    assert other_bundle.fatal.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "bundle_hash" in other_bundle.fatal.details
+    assert other_bundle.spool.frames == 2, "nothing is lost: the frames stay spooled"
 
 
-def test_unreachable_cloud_is_a_clear_error(tiny_bundle: Bundle, tmp_path: Path) -> None:
+def test_an_unreachable_cloud_means_retrying_with_frames_kept(
+    tiny_bundle: Bundle, tmp_path: Path
+) -> None:
     from tests.conftest import free_port
 
-    with pytest.raises(UplinkError, match="not reachable"):
-        Uplink(f"127.0.0.1:{free_port()}", "cam", tiny_bundle.hash, timeout_s=1).open()
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600)
+    spool.append(0, 0, b"frame")
+    port = free_port()
+    uplink = Uplink(spool, "cam", tiny_bundle.hash,
+                    channel_factory=lambda: grpc.insecure_channel(f"127.0.0.1:{port}"),
+                    connect_timeout_s=0.2, backoff=Backoff(0.05, 0.1))  # fmt: skip
+    uplink.start()
+    assert uplink.wait_connected(1.0) is None
+    assert not uplink.stop(flush_timeout_s=0.2)
+    assert uplink.fatal is None and spool.frames == 1
