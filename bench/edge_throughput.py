@@ -1,23 +1,27 @@
 """Edge throughput and memory: frames per second per encoder backend, and the agent's RSS.
 
-demo.mp4 ─► frames (decoded once) ─► FrameEncoder.encode: letterbox ─► backend
-          (nn_part_1) ─► quantize + ANS + container (encode) ─► bytes      = 1 frame
+    demo.mp4 ─► frames (decoded once) ─► FrameEncoder.encode: letterbox ─► backend
+              (nn_part_1) ─► quantize + ANS + container (encode) ─► bytes      = 1 frame
 
-fps:    every backend in BACKENDS × thread counts, same frames, same run; a backend
-        that cannot run here (no GPU, no TensorRT) is a row with the reason
-memory: peak resident memory (ru_maxrss from os.wait4) of child processes, each a
-        fresh interpreter:
-          imports            python + numpy + onnxruntime + av + cv2 + the edge modules
-          encode path        source ─► capture thread ─► FrameQueue ─► FrameEncoder
-          fchm edge run      the whole agent (+ spool + gRPC uplink) against a local
-                             `fchm cloud serve`; the cloud's memory is not counted
+    fps:    every backend in BACKENDS × thread counts (and ONNX Runtime with its default
+            spinning workers, for comparison), same frames, same run; a backend that
+            cannot run here (no GPU, no TensorRT) is a row with the reason
+    memory: peak resident memory (ru_maxrss from os.wait4) of child processes, each a
+            fresh interpreter:
+              imports            python + numpy + onnxruntime + av + cv2 + the edge modules
+              encode path        source ─► capture thread ─► FrameQueue ─► FrameEncoder
+              fchm edge run      the whole agent (+ spool + gRPC uplink) against a local
+                                 `fchm cloud serve`; the cloud's memory is not counted
 
-.venv/bin/python bench/edge_throughput.py                 # 60 frames, bundles/default
+Run it (60 frames, bundles/default; see bench/README.md):
+
+.venv/bin/python bench/edge_throughput.py
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,11 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 RSS_TARGET_MB = 300.0
-CONFIGS = (  # (backend, threads); threads only matter to ONNX Runtime
-    ("onnxruntime-cpu", 1),
-    ("onnxruntime-cpu", 2),
-    ("onnxruntime-cuda", 2),
-    ("tensorrt", 0),
+BLOCK = 5  # frames timed per backend before moving on to the next
+CONFIGS = (  # (backend, threads, ORT workers spin); threads only matter to ONNX Runtime
+    ("onnxruntime-cpu", 1, False),
+    ("onnxruntime-cpu", 2, False),
+    # ONNX Runtime's own default, for comparison: worker threads spin after each run.
+    ("onnxruntime-cpu", 2, True),
+    ("onnxruntime-cuda", 2, False),
+    ("tensorrt", 0, False),
 )
 
 
@@ -65,10 +73,16 @@ def peak_rss_line() -> str:
 
 
 def measure_fps(
-    bundle_dir: Path, video: Path, frames: int, warmup: int, level: int
+    bundle_dir: Path,
+    video: Path,
+    frames: int,
+    warmup: int,
+    level: int,
+    configs: tuple[tuple[str, int, bool], ...] = CONFIGS,
+    load: str = "idle",
 ) -> list[dict[str, Any]]:
     from codec.bundle import Bundle
-    from edge.encoder_backends import BackendUnavailable
+    from edge.encoder_backends import BackendUnavailable, OnnxRuntimeEncoder
     from edge.frame_encoder import FrameEncoder
     from edge.sources import open_source
 
@@ -78,30 +92,38 @@ def measure_fps(
     rows: list[dict[str, Any]] = []
     encoders: dict[int, FrameEncoder] = {}
     with tempfile.TemporaryDirectory() as cache:
-        for i, (backend, threads) in enumerate(CONFIGS):
-            rows.append({"backend": backend, "threads": threads})
+        for i, (backend, threads, spinning) in enumerate(configs):
+            rows.append({"backend": backend, "threads": threads, "spinning": spinning})
+            rows[i]["other_load"] = load
             try:
                 t0 = time.perf_counter()
                 encoder = FrameEncoder(bundle, backend, threads, engine_cache=Path(cache))
+                if spinning:
+                    encoder.backend = OnnxRuntimeEncoder(bundle.file("encoder"), threads, True)
                 for frame in captured[:warmup]:  # first runs allocate, tune, build engines
                     encoder.encode(frame, level)
                 rows[i]["open_and_warmup_s"] = round(time.perf_counter() - t0, 2)
                 encoders[i] = encoder
             except (BackendUnavailable, ImportError) as exc:
                 rows[i]["status"] = f"skipped: {exc}"
-        # Round robin, frame by frame: every backend sees the same frames under the same
-        # load, so the ratios hold even when something else runs on the machine.
+        # Round robin in blocks of BLOCK frames: every backend sees the same frames under
+        # the same load, so the ratios hold when something else runs on the machine. The
+        # pause between blocks lets one backend's spinning threads die down before the
+        # next backend is timed.
         elapsed = dict.fromkeys(encoders, 0.0)
         stages: dict[int, dict[str, float]] = {i: {} for i in encoders}
         nbytes = dict.fromkeys(encoders, 0)
-        for frame in captured[warmup:]:
+        timed = captured[warmup:]
+        for start in range(0, len(timed), BLOCK):
             for i, encoder in encoders.items():
-                t0 = time.perf_counter()
-                encoded = encoder.encode(frame, level)
-                elapsed[i] += time.perf_counter() - t0
-                nbytes[i] += len(encoded.bitstream)
-                for stage, ms in encoded.stage_ms.items():
-                    stages[i][stage] = stages[i].get(stage, 0.0) + ms
+                time.sleep(0.05)
+                for frame in timed[start : start + BLOCK]:
+                    t0 = time.perf_counter()
+                    encoded = encoder.encode(frame, level)
+                    elapsed[i] += time.perf_counter() - t0
+                    nbytes[i] += len(encoded.bitstream)
+                    for stage, ms in encoded.stage_ms.items():
+                        stages[i][stage] = stages[i].get(stage, 0.0) + ms
     n = len(captured) - warmup
     for i in encoders:
         rows[i] |= {
@@ -113,6 +135,25 @@ def measure_fps(
             "bytes_per_frame": round(nbytes[i] / n),
         }
     return rows
+
+
+@contextlib.contextmanager
+def one_core_busy(video: Path) -> Iterator[None]:
+    """A process decoding ``video`` in a loop on one thread: the load of a camera stream."""
+    code = (
+        "import av, sys\n"
+        "while True:\n"
+        "    with av.open(sys.argv[1]) as c:\n"
+        "        c.streams.video[0].thread_count = 1\n"
+        "        for _ in c.decode(video=0): pass\n"
+    )
+    busy = subprocess.Popen([sys.executable, "-c", code, str(video)])
+    try:
+        time.sleep(1.0)  # let it get going
+        yield
+    finally:
+        busy.kill()
+        busy.wait(10)
 
 
 # ── resident memory ─────────────────────────────────────────────────────────────
@@ -231,21 +272,27 @@ def markdown(result: dict[str, Any]) -> str:
         f"Edge encode path on {meta['machine']}: {meta['frames']} frames of "
         f"{Path(meta['video']).name} (sampled at 5 fps), bundle `{meta['bundle']}`, "
         f"rate level {meta['rate_level']}, after {meta['warmup']} warm-up frames; backends"
-        f" interleaved frame by frame. Load average before/after: "
+        f" interleaved in blocks of {BLOCK} frames. Load average (1 min) before/after: "
         f"{meta['load_average_1_5_15_min']['before'][0]} / "
         f"{meta['load_average_1_5_15_min']['after'][0]}.",
         "",
-        "| backend | threads | fps | ms/frame | preprocess | nn_part_1 | encode | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| backend | threads | other load | fps | ms/frame | preprocess | nn_part_1 | encode |"
+        " status |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
+        name = r["backend"] + (" (spinning workers, ORT's default)" if r["spinning"] else "")
         if r["status"] == "ok":
             lines.append(
-                f"| {r['backend']} | {r['threads']} | {r['fps']:.1f} | {r['ms_per_frame']:.1f} |"
+                f"| {name} | {r['threads']} | {r['other_load']} | {r['fps']:.1f} |"
+                f" {r['ms_per_frame']:.1f} |"
                 f" {r['preprocess_ms']:.1f} | {r['nn_part_1_ms']:.1f} | {r['encode_ms']:.1f} | ok |"
             )
         else:
-            lines.append(f"| {r['backend']} | {r['threads']} | – | – | – | – | – | {r['status']} |")
+            lines.append(
+                f"| {name} | {r['threads']} | {r['other_load']} | – | – | – | – | – |"
+                f" {r['status']} |"
+            )
     lines += [
         "",
         f"Peak resident memory (ru_maxrss of the process; target ≤ {RSS_TARGET_MB:.0f} MB with"
@@ -284,7 +331,15 @@ def main() -> None:
     # the RSS of the parent it was forked from, so a big parent would inflate it.
     memory = measure_memory(args.bundle, video, args.memory_frames, args.threads)
     rows = measure_fps(args.bundle, video, args.frames, args.warmup, args.rate_level)
-    result = {
+    # Again with one core taken, as on a camera box that also decodes its stream: what
+    # threads and spinning cost when the encoder does not have the machine to itself.
+    cpu_configs = tuple(c for c in CONFIGS if c[0] == "onnxruntime-cpu")
+    with one_core_busy(video):
+        rows += measure_fps(
+            args.bundle, video, args.frames, args.warmup, args.rate_level, cpu_configs,
+            load="1 core busy decoding video",
+        )  # fmt: skip
+    result: dict[str, Any] = {
         "rows": rows,
         "memory": memory,
         "meta": {
@@ -308,7 +363,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "edge_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "edge_throughput.md").write_text("# Edge throughput and memory\n\n" + text)
-    print(f"wrote {args.out}/edge_throughput.json and .md in {result['meta']['run_seconds']} s")
+    seconds = result["meta"]["run_seconds"]
+    print(f"wrote {args.out}/edge_throughput.json and .md in {seconds} s")
 
 
 if __name__ == "__main__":

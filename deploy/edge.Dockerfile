@@ -36,5 +36,7 @@ COPY deploy/edge.yaml /etc/fchm/edge.yaml
 USER fchm
 WORKDIR /var/lib/fchm-edge
 VOLUME ["/var/lib/fchm-edge"]
+# Prometheus metrics (metrics_port in edge.yaml).
+EXPOSE 9101
 ENTRYPOINT ["fchm"]
 CMD ["edge", "run", "--config", "/etc/fchm/edge.yaml"]

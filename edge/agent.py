@@ -68,6 +68,9 @@ class _Listener(UplinkListener):
     def on_disconnected(self, error: Exception | None) -> None:
         self.metrics.on_disconnected()
 
+    def on_sent(self, sequence: int, nbytes: int) -> None:
+        self.metrics.on_sent(nbytes)
+
     def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None:
         self.metrics.on_acked(nbytes)
 
@@ -84,7 +87,7 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
     metrics.describe(settings.camera_id, bundle.hash, settings.backend)
     server: MetricsServer | None = None
     if settings.metrics_port is not None:
-        server = serve_metrics(metrics, settings.metrics_port)
+        server = serve_metrics(metrics, settings.metrics_port, settings.metrics_host)
 
     # 2. The durable spool (one per camera) and the uplink that drains it.
     def dropped(reason: str, frames: int) -> None:
@@ -118,11 +121,13 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
         log.info("resuming %s after frame %d (already spooled)", settings.source, resume)
         report.resumed_after = resume
     source_stop = threading.Event()
+    source_stats = SourceStats()
+    metrics.watch_source(lambda: source_stats.reconnects)
     frames = open_source(
         settings.source,
         settings.max_fps,
         reconnect=settings.reconnect_source,
-        stats=SourceStats(),
+        stats=source_stats,
         stop=source_stop,
     )
     queue = FrameQueue(settings.queue_frames, drop_oldest=live)

@@ -117,6 +117,11 @@ class EdgeMetrics:
         self.reconnects = Counter(
             "fchm_edge_reconnects", "Uplink streams re-established after a loss", registry=r
         )
+        self.source_reconnects = Gauge(
+            "fchm_edge_source_reconnects",
+            "Times a live source delivered frames again after it dropped",
+            registry=r,
+        )
         self.uplink_connected = Gauge(
             "fchm_edge_uplink_connected", "1 while the uplink stream is open", registry=r
         )
@@ -190,6 +195,9 @@ class EdgeMetrics:
     # ── values owned elsewhere, read at scrape time ──────────────────────────
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)
+
+    def watch_source(self, reconnects: Callable[[], float]) -> None:
+        self.source_reconnects.set_function(reconnects)
 
     def watch_spool(self, nbytes: Callable[[], float], frames: Callable[[], float]) -> None:
         self.spool_bytes.set_function(nbytes)

@@ -70,6 +70,9 @@ class EdgeSettings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus metrics on this port"
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a container)"
+    )
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json logs")
 
     @field_validator("cloud")

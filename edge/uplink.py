@@ -88,6 +88,8 @@ class UplinkListener:
 
     def on_disconnected(self, error: Exception | None) -> None: ...
 
+    def on_sent(self, sequence: int, nbytes: int) -> None: ...
+
     def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None: ...
 
 
@@ -109,12 +111,15 @@ class Uplink:
         connect_timeout_s: float = 10.0,
         backoff: Backoff = Backoff(),
         listener: UplinkListener | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.spool, self.camera_id, self.bundle_hash = spool, camera_id, bundle_hash
         self.channel_factory, self.metadata = channel_factory, tuple(metadata)
         self.max_in_flight, self.connect_timeout_s = max_in_flight, connect_timeout_s
         self.backoff = backoff
         self.listener = listener or UplinkListener()
+        self.clock_ns = clock_ns
+        """the edge's wall clock; the cloud measures its offset from the Hello"""
         self.stats = UplinkStats()
         self.session: Session | None = None
         self.rate_hint: int | None = None
@@ -251,7 +256,7 @@ class Uplink:
             hello=ingest_pb2.Hello(
                 camera_id=self.camera_id,
                 bundle_hash=self.bundle_hash,
-                edge_time_ns=time.time_ns(),
+                edge_time_ns=self.clock_ns(),
                 agent_version=AGENT_VERSION,
             )
         )
@@ -270,6 +275,7 @@ class Uplink:
                     state.in_flight[frame.sequence] = len(frame.bitstream)
             for frame in batch:
                 last = frame.sequence
+                self.listener.on_sent(frame.sequence, len(frame.bitstream))
                 yield ingest_pb2.UplinkMessage(
                     frame=ingest_pb2.Frame(
                         sequence=frame.sequence,

@@ -1,5 +1,6 @@
-"""A loopback TCP proxy for fault tests: forwards bytes, and can cut every live
-connection at once (both directions closed), as a flaky uplink would."""
+"""A loopback TCP proxy for fault tests and benchmarks: forwards bytes, can cut every
+live connection at once (both directions closed) as a flaky uplink would, and can
+stay down for a while (``down()`` … ``up()``) as an outage would."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class TcpProxy:
         self._live: list[socket.socket] = []
         self.cuts = 0
         self._closed = False
+        self._down = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -25,6 +27,9 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._down.is_set():
+                client.close()  # the link is down: every attempt fails at once
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -51,6 +56,14 @@ class TcpProxy:
         """Close every live connection; new ones are accepted again right away."""
         self.cuts += 1
         return self._drop_all()
+
+    def down(self) -> None:
+        """An outage: live connections cut, new ones refused until ``up()``."""
+        self._down.set()
+        self._drop_all()
+
+    def up(self) -> None:
+        self._down.clear()
 
     def _drop_all(self) -> int:
         with self._lock:

@@ -60,7 +60,9 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
             b = d["box"]
             assert 0 <= b["x1"] <= b["x2"] <= w and 0 <= b["y1"] <= b["y2"] <= h
 
-        job = api.post("/v1/views", json={"camera": "gate-1", "sequence": frames_page[0]["sequence"]})
+        job = api.post(
+            "/v1/views", json={"camera": "gate-1", "sequence": frames_page[0]["sequence"]}
+        )
         assert job.status_code == 202
         view_id = job.json()["id"]
         for _ in range(100):

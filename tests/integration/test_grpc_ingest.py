@@ -171,3 +171,27 @@ def test_an_unreachable_cloud_means_retrying_with_frames_kept(
     assert uplink.wait_connected(1.0) is None
     assert not uplink.stop(flush_timeout_s=0.2)
     assert uplink.fatal is None and spool.frames == 1
+
+
+def test_capture_times_are_corrected_for_a_skewed_edge_clock(
+    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    import time
+
+    skew_ns = -3_600 * 10**9  # the camera's clock is an hour behind
+    frame0 = encoded_frames(tiny_bundle)[0]
+    spool = Spool(tmp_path / "skew", max_bytes=1 << 20, max_age_s=3600)
+    captured_true_ns = time.time_ns()
+    spool.append(captured_true_ns + skew_ns, frame0.rate_level, frame0.bitstream)
+    uplink = Uplink(
+        spool, "skewed-cam", tiny_bundle.hash,
+        channel_factory=lambda: grpc.insecure_channel(cloud.grpc_target),
+        clock_ns=lambda: time.time_ns() + skew_ns,
+    )  # fmt: skip
+    uplink.start()
+    assert uplink.stop(flush_timeout_s=20)
+    assert uplink.stats.acked == 1
+    api = httpx.Client(base_url=cloud.http_base)
+    (stored,) = api.get("/v1/frames", params={"camera": "skewed-cam"}).json()["items"]
+    error_ms = abs(stored["time_ns"] - captured_true_ns) / 1e6
+    assert error_ms < 250, f"stored capture time is off by {error_ms:.0f} ms"

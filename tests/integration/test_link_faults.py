@@ -176,7 +176,8 @@ def test_edge_sigkill_and_restart_resumes_from_its_spool(
         shutil.copy(images[i % 2], folder / f"{i:04d}{images[i % 2].suffix}")
     command = [sys.executable, "-m", "fchm", "edge", "run", "--source", str(folder),
                "--camera", "restart-cam", "--cloud", cloud.grpc_target,
-               "--bundle", str(tiny_bundle.path), "--spool-dir", str(tmp_path / "spool")]  # fmt: skip
+               "--bundle", str(tiny_bundle.path),
+               "--spool-dir", str(tmp_path / "spool")]  # fmt: skip
     env = {**os.environ, "FCHM_EDGE_THREADS": "1", "FCHM_EDGE_MAX_IN_FLIGHT": "4"}
 
     edge = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

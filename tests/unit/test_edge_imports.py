@@ -6,6 +6,7 @@ import sys
 CODE = """
 import sys
 import edge.agent, edge.uplink, edge.frame_encoder, edge.sources, edge.encoder_backends
+import edge.rate_control, edge.spool
 import edge.channel, edge.metrics, fchm.logging_setup
 import edge.frame_queue, edge.tensorrt_engines, edge.cuda_memory
 import fchm.cli

@@ -41,7 +41,10 @@ def test_file_queue_blocks_and_loses_nothing() -> None:
 
     producer = threading.Thread(target=produce)
     producer.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while len(produced) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # time enough to overrun the queue, if put did not block
     assert len(produced) == 2, "the producer must wait while the queue is full"
     got = [f.index for f in frames]
     producer.join(5)
