@@ -30,11 +30,12 @@ import grpc
 import httpx
 
 from codec.bundle import Bundle
+from edge.backoff import Backoff
 from edge.frame_encoder import FrameEncoder
 from edge.settings import EdgeSettings
 from edge.sources import open_source
 from edge.spool import Spool
-from edge.uplink import Backoff, Uplink, UplinkListener
+from edge.uplink import Uplink, UplinkListener
 from fchm.demo import packaged_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from codec.bundle import Bundle
+from edge.backoff import Backoff
 from edge.channel import call_metadata, open_channel
 from edge.frame_encoder import FrameEncoder
 from edge.frame_queue import FrameQueue, start_capture
@@ -29,7 +30,7 @@ from edge.rate_control import ActivityMeter, make_rate_controller
 from edge.settings import EdgeSettings
 from edge.sources import CapturedFrame, SourceStats, is_live, open_source
 from edge.spool import Spool
-from edge.uplink import Backoff, Session, Uplink, UplinkListener
+from edge.uplink import Session, Uplink, UplinkListener
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
 
     # 1. Bundle and encoder first: a bad bundle or backend fails before anything runs.
     bundle = Bundle.load(settings.bundle)
-    encoder = FrameEncoder(bundle, settings.backend, settings.threads)
+    encoder = FrameEncoder(
+        bundle, settings.backend, settings.threads, engine_cache=settings.engine_cache
+    )
     check_inputs(settings, encoder)
     metrics = EdgeMetrics()
     metrics.describe(settings.camera_id, bundle.hash, settings.backend)
@@ -196,15 +199,21 @@ def check_inputs(settings: EdgeSettings, encoder: FrameEncoder) -> None:
 def _after(
     frames: Iterator[CapturedFrame], resume: int | None, max_frames: int | None
 ) -> Iterator[CapturedFrame]:
-    """Skip what an earlier run already spooled; cap this run at ``max_frames``."""
+    """Skip what an earlier run already spooled; cap this run at ``max_frames``.
+
+    The cap is counted after the skip, so it applies to this run's new frames; it
+    stops right after the last one rather than waiting on a live source for another.
+    """
+    if max_frames == 0:
+        return
     produced = 0
     for frame in frames:
         if resume is not None and frame.index <= resume:
             continue
+        yield frame
+        produced += 1
         if max_frames is not None and produced >= max_frames:
             return
-        produced += 1
-        yield frame
 
 
 def _clock(frame: CapturedFrame) -> float:

@@ -15,7 +15,6 @@ spool, counted, and logged, so that it cannot block the stream forever.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import cast
 
 import grpc
 
+from edge.backoff import Backoff
 from edge.spool import Spool
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -58,17 +58,6 @@ class Session:
     clock_offset_ns: int
     num_rate_levels: int
     connected_at: float
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 0.2
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Exponential, capped, with "equal jitter" so cameras don't reconnect in lockstep."""
-        ceiling = min(self.max_s, self.initial_s * 2**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 @dataclass
@@ -109,14 +98,14 @@ class Uplink:
         metadata: Sequence[tuple[str, str]] = (),
         max_in_flight: int = 32,
         connect_timeout_s: float = 10.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         listener: UplinkListener | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.spool, self.camera_id, self.bundle_hash = spool, camera_id, bundle_hash
         self.channel_factory, self.metadata = channel_factory, tuple(metadata)
         self.max_in_flight, self.connect_timeout_s = max_in_flight, connect_timeout_s
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
         self.listener = listener or UplinkListener()
         self.clock_ns = clock_ns
         """the edge's wall clock; the cloud measures its offset from the Hello"""
@@ -183,7 +172,7 @@ class Uplink:
             self.listener.on_disconnected(error)
             if self._stopping.is_set():
                 return
-            delay = self.backoff.delay(attempt)
+            delay = self.backoff.delay_s(attempt)
             attempt += 1
             log.warning("uplink down (%s); reconnecting in %.2f s", error or "stream ended", delay)
             self._stopping.wait(delay)

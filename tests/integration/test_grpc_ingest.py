@@ -9,10 +9,11 @@ import pytest
 
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
+from edge.backoff import Backoff
 from edge.frame_encoder import EncodedFrame, FrameEncoder
 from edge.sources import CapturedFrame
 from edge.spool import Spool
-from edge.uplink import Backoff, Uplink
+from edge.uplink import Uplink
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import RunningCloud, sample_images
 

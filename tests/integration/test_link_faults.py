@@ -21,10 +21,11 @@ import grpc
 import httpx
 
 from codec.bundle import Bundle
+from edge.backoff import Backoff
 from edge.frame_encoder import FrameEncoder
 from edge.sources import CapturedFrame
 from edge.spool import Spool
-from edge.uplink import Backoff, Uplink, UplinkListener
+from edge.uplink import Uplink, UplinkListener
 from tests.conftest import RunningCloud, free_port, sample_images
 from tests.tcp_proxy import TcpProxy
 
