@@ -10,7 +10,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup proto bundle demo test test-all lint bench clean
+.PHONY: help setup system-deps proto bundle demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,10 +43,17 @@ bundle: setup $(BUNDLE)/manifest.json ## Export the default bundle (packaged per
 demo: setup bundle ## Run the whole path end to end: edge → gRPC → cloud → REST → view
 	$(PY) -m fchm demo --bundle $(BUNDLE) --out demo-out
 
-test: setup ## Run the default test suite (no slow/gpu tests)
+# A real RTSP server for the RTSP source test, from Debian (best effort: without root
+# or apt the test skips and says why).
+system-deps:
+	@command -v rtsp-server-perl >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtsp-server-perl >/dev/null; } \
+	  || echo "note: rtsp-server-perl is not installed; the RTSP source test will skip"
+
+test: setup system-deps ## Run the default test suite (no slow/gpu tests)
 	$(PY) -m pytest -q
 
-test-all: setup ## Run every test, slow ones included
+test-all: setup system-deps ## Run every test, slow ones included
 	$(PY) -m pytest -q -m ''
 
 lint: setup ## ruff + mypy

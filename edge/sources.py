@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,14 +86,42 @@ def _describe(exc: BaseException, uri: str, timeout_s: float) -> str:
     return str(exc).replace(uri, redact(uri))  # FFmpeg's messages end with the URL
 
 
-def stream_options(uri: str, timeout_s: float) -> dict[str, str]:
+def stream_options(uri: str, timeout_s: float, rtsp_transport: str = "tcp") -> dict[str, str]:
     """FFmpeg options for a network stream, so that a dead stream raises, never hangs."""
     micros = str(int(timeout_s * 1e6))
     options = {"rw_timeout": micros}  # every protocol: give up on a read after timeout_s
-    if uri.lower().startswith(("rtsp://", "rtsps://")):
-        # TCP interleaving: cameras behind NAT or lossy Wi-Fi lose UDP packets and frames.
-        options |= {"rtsp_transport": "tcp", "timeout": micros}
+    if is_rtsp(uri):
+        options |= {"rtsp_transport": rtsp_transport, "timeout": micros}
     return options
+
+
+def is_rtsp(uri: str) -> bool:
+    return uri.lower().startswith(("rtsp://", "rtsps://"))
+
+
+def _open_stream(uri: str, timeout_s: float) -> Any:
+    """Open a network stream; RTSP tries TCP first, then UDP if the server refuses it.
+
+    TCP interleaving survives NAT and lossy Wi-Fi where UDP loses packets and frames,
+    but some servers only offer RTP over UDP (they answer 400 or 461 to TCP).
+    """
+    import av
+
+    transports = ("tcp", "udp") if is_rtsp(uri) else ("tcp",)
+    for transport in transports:
+        try:
+            return av.open(
+                uri,
+                options=stream_options(uri, timeout_s, transport),
+                # PyAV's own interrupt timeout (open, read) backs up the protocol options.
+                timeout=(timeout_s, timeout_s),
+            )
+        except av.error.FFmpegError as exc:
+            refused = any(code in str(exc) for code in ("400 Bad Request", "461"))
+            if transport == transports[-1] or not refused:
+                raise
+            log.info("%s refused RTP over TCP; trying UDP", redact(uri))
+    raise AssertionError("unreachable")
 
 
 def video_frames(uri: str, timeout_s: float = NETWORK_TIMEOUT_S) -> Iterator[CapturedFrame]:
@@ -101,12 +130,7 @@ def video_frames(uri: str, timeout_s: float = NETWORK_TIMEOUT_S) -> Iterator[Cap
 
     live = is_live(uri)
     try:
-        container = av.open(
-            uri,
-            options=stream_options(uri, timeout_s) if live else {},
-            # PyAV's own interrupt timeout (open, read) backs up the protocol options.
-            timeout=(timeout_s, timeout_s) if live else None,
-        )
+        container = _open_stream(uri, timeout_s) if live else av.open(uri)
     except (av.error.FFmpegError, OSError) as exc:
         raise SourceError(f"cannot open video source: {_describe(exc, uri, timeout_s)}") from exc
     with container:
