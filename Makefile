@@ -64,6 +64,8 @@ lint: setup ## ruff + mypy
 bench: setup bundle ## Benchmarks; tables go to bench/results/
 	$(PY) bench/rate_vs_jpeg.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
+	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
+	$(PY) bench/link_recovery.py --bundle $(BUNDLE) --out bench/results
 
 clean: ## Remove the venv, generated stubs, bundles and outputs
 	rm -rf $(VENV) fchm/v1/*_pb2*.py fchm/v1/*_pb2*.pyi bundles var demo-out
