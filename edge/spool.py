@@ -144,10 +144,16 @@ class Spool:
 
     def _enforce_bounds(self, now_ns: int) -> None:
         cutoff = now_ns - int(self.max_age_s * 1e9)
-        old = self._db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM frames WHERE spooled_ns < ?", (cutoff,)
+        # Frames are appended in time order: the oldest row (by primary key) says
+        # whether anything expired, so the full scan below runs only when it did.
+        oldest = self._db.execute(
+            "SELECT spooled_ns FROM frames ORDER BY sequence LIMIT 1"
         ).fetchone()
-        if old[0]:
+        if oldest is not None and oldest[0] < cutoff:
+            old = self._db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM frames WHERE spooled_ns < ?",
+                (cutoff,),
+            ).fetchone()
             self._db.execute("DELETE FROM frames WHERE spooled_ns < ?", (cutoff,))
             self._dropped("spool_age", int(old[0]), int(old[1]))
         while self._bytes > self.max_bytes and self._frames > 1:
