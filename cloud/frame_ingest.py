@@ -30,6 +30,17 @@ class ReceivedFrame:
     bitstream: bytes
 
 
+INT64_MAX = 2**63 - 1
+
+
+def check_ranges(frame: ReceivedFrame, clock_offset_ns: int) -> None:
+    """The database stores signed 64-bit integers: refuse what does not fit, by name."""
+    if frame.sequence > INT64_MAX:
+        raise InvalidFrame(f"sequence {frame.sequence} exceeds 2**63-1")
+    if not -INT64_MAX <= frame.capture_time_ns + clock_offset_ns <= INT64_MAX:
+        raise InvalidFrame(f"capture_time_ns {frame.capture_time_ns} is out of range")
+
+
 class FrameIngest:
     def __init__(
         self, decoder: FrameDecoder, tail: DetectorTail, store: FrameStore, metrics: CloudMetrics
@@ -37,6 +48,7 @@ class FrameIngest:
         self.decoder, self.tail, self.store, self.metrics = decoder, tail, store, metrics
 
     def ingest(self, frame: ReceivedFrame, clock_offset_ns: int) -> StoredFrame:
+        check_ranges(frame, clock_offset_ns)
         existing = self.store.find_frame(frame.camera_id, frame.sequence)
         if existing is not None and existing.id is not None:
             self.metrics.duplicates.inc()

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
 """Trailing metadata naming the frame behind an INVALID_ARGUMENT (see edge/uplink.py)."""
 
+MAX_CLOCK_OFFSET_NS = 366 * 24 * 3600 * 10**9
+
 CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -57,6 +59,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             first = await anext(aiter(request_iterator), None)
             hello = await self._check_hello(first, context)
             offset = time.time_ns() - hello.edge_time_ns
+            if abs(offset) > MAX_CLOCK_OFFSET_NS:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"edge_time_ns {hello.edge_time_ns} is more than a year off the cloud's "
+                    "clock; set the camera's clock",
+                )
             next_sequence = await asyncio.to_thread(
                 self.ingest.store.register_camera,
                 hello.camera_id,
@@ -97,6 +106,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"frame {f.sequence} of camera {hello.camera_id}: {exc}",
+                    )
+                except Exception:
+                    # Not the frame's fault (a database hiccup, a bug): no ack, the edge
+                    # retries; internals stay in our log, not in the edge's.
+                    log.exception("storing frame %d of %s failed", f.sequence, hello.camera_id)
+                    await self._abort(
+                        context,
+                        grpc.StatusCode.INTERNAL,
+                        f"internal error storing frame {f.sequence}; it was not acknowledged",
                     )
                 yield ingest_pb2.DownlinkMessage(
                     ack=ingest_pb2.Ack(

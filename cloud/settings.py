@@ -30,7 +30,7 @@ class CloudSettings(BaseSettings):
         None, ge=0, description="Rate level advised to every edge at connect (none: no advice)"
     )
     max_message_bytes: int = Field(
-        4 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
+        8 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
     )
     max_queued_views: int = Field(64, ge=1, description="View jobs waiting before 503")
     view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from codec.bundle import Bundle
 from edge.backoff import Backoff
-from edge.channel import call_metadata, open_channel
+from edge.channel import call_metadata, channel_credentials, open_channel
 from edge.frame_encoder import FrameEncoder
 from edge.frame_queue import FrameQueue, start_capture
 from edge.metrics import EdgeMetrics, MetricsServer, serve_metrics
@@ -80,7 +80,9 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
     stop = stop or threading.Event()
     report = AgentReport(settings.camera_id)
 
-    # 1. Bundle and encoder first: a bad bundle or backend fails before anything runs.
+    # 1. Bundle, encoder and credentials first: a bad bundle, backend or TLS file fails
+    #    here, with the setting named, before anything runs.
+    channel_credentials(settings)
     bundle = Bundle.load(settings.bundle)
     encoder = FrameEncoder(
         bundle, settings.backend, settings.threads, engine_cache=settings.engine_cache
@@ -136,6 +138,17 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
     queue = FrameQueue(settings.queue_frames, drop_oldest=live)
     metrics.watch_queue(lambda: len(queue))
     start_capture(_after(frames, resume, settings.max_frames), queue)
+    done = threading.Event()
+
+    def on_stop() -> None:
+        # A stop must end the run even while a live source is down and no frame comes.
+        while not stop.wait(0.2):
+            if done.is_set():
+                return
+        source_stop.set()
+        queue.close()
+
+    threading.Thread(target=on_stop, name="stop-watch", daemon=True).start()
 
     # 4. Encode loop: rate level per frame, encode, spool (durable), account.
     rate = make_rate_controller(settings, encoder.codec, fps_hint=settings.max_fps)
@@ -171,6 +184,7 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
                 queue_drops = queue.dropped
     finally:
         # 5. Shut down in order: stop capture, flush the spool, close the stream.
+        done.set()
         queue.close()
         source_stop.set()
         drained = uplink.stop(settings.flush_timeout_s if uplink.fatal is None else 0)

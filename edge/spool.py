@@ -94,6 +94,14 @@ class Spool:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def advance_to(self, sequence: int) -> None:
+        """Make the next sequence at least ``sequence`` (durably)."""
+        with self._lock:
+            if sequence <= self._next:
+                return
+            self._set_meta("next_sequence", str(sequence))
+            self._next = sequence
+
     def resume_position(self, source: str) -> int | None:
         """Index of the last frame of ``source`` already spooled (recorded sources only)."""
         with self._lock:

@@ -163,9 +163,12 @@ class Uplink:
             except UplinkError as exc:
                 error = exc
                 if exc.code in FATAL_CODES or self._is_bad_hello(exc):
-                    log.error("uplink stopped: %s", exc)
-                    self.fatal = exc
+                    self._die(exc)
                     return
+            except Exception as exc:  # a bug or a broken spool: stop loudly, never silently
+                log.exception("uplink failed")
+                self._die(UplinkError(grpc.StatusCode.INTERNAL, f"uplink failed: {exc}"))
+                return
             if self.stats.sessions and self.session is not None:
                 attempt = 0  # the last session got as far as a Welcome
             self.session = None
@@ -177,8 +180,16 @@ class Uplink:
             log.warning("uplink down (%s); reconnecting in %.2f s", error or "stream ended", delay)
             self._stopping.wait(delay)
 
+    def _die(self, error: UplinkError) -> None:
+        log.error("uplink stopped: %s", error)
+        self.fatal = error
+        with self.spool.changed:
+            self.spool.changed.notify_all()  # wake a stop() waiting for the spool to drain
+
     def _is_bad_hello(self, exc: UplinkError) -> bool:
-        return exc.code == grpc.StatusCode.INVALID_ARGUMENT and "camera_id" in exc.details
+        # A rejected *frame* was handled in _on_rpc_error (it names its sequence); an
+        # INVALID_ARGUMENT that gets here is about the Hello (camera id, clock).
+        return exc.code == grpc.StatusCode.INVALID_ARGUMENT
 
     def _session(self) -> None:
         channel = self.channel_factory()
@@ -188,6 +199,8 @@ class Uplink:
                 grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_s)
             except grpc.FutureTimeoutError:
                 raise UplinkError(grpc.StatusCode.UNAVAILABLE, "cloud not reachable") from None
+            if self._stopping.is_set():
+                return
             stub = ingest_pb2_grpc.IngestStub(channel)
             call = stub.Stream(self._requests(state), metadata=self.metadata)
             self._call = call
@@ -211,6 +224,10 @@ class Uplink:
             channel.close()
 
     def _welcome(self, welcome: ingest_pb2.Welcome) -> None:
+        self.rate_hint = None  # a hint lasts one session; the cloud repeats it if it stands
+        # The cloud may have stored higher sequences for this camera (a restored or
+        # reinstalled spool): new frames continue above them, never reusing one.
+        self.spool.advance_to(welcome.next_sequence)
         self.session = Session(
             welcome.next_sequence,
             welcome.clock_offset_ns,
@@ -252,13 +269,13 @@ class Uplink:
         last: int | None = None
         while True:
             with self.spool.changed:
-                while not state.closed:
+                while not state.closed and not self._stopping.is_set():
                     room = self.max_in_flight - len(state.in_flight)
                     batch = self.spool.pending(last, room) if room > 0 else []
                     if batch:
                         break
                     self.spool.changed.wait(0.5)
-                if state.closed:
+                if state.closed or self._stopping.is_set():
                     return
                 for frame in batch:
                     state.in_flight[frame.sequence] = len(frame.bitstream)

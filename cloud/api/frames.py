@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from cloud.api.deps import StoreDep
 from cloud.api.errors import ApiError
 from cloud.api.params import (
+    INT64_MAX,
     CameraQ,
     CursorQ,
     LimitQ,
@@ -25,6 +27,8 @@ from cloud.store.records import DetectionQuery, FrameRecord
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/frames", tags=["frames"])
+
+FrameId = Annotated[int, Path(ge=1, le=INT64_MAX, description="Frame id")]
 
 MAX_DETECTIONS_PER_FRAME = 1000  # the detector tail keeps at most 300
 
@@ -46,7 +50,7 @@ def list_frames(
 
 
 @router.get("/{frame_id}", summary="One frame and its detections", responses=error_responses(404))
-def get_frame(frame_id: int, store: StoreDep) -> FrameDetail:
+def get_frame(frame_id: FrameId, store: StoreDep) -> FrameDetail:
     frame = _frame_or_404(store, frame_id)
     found = store.query_detections(
         DetectionQuery(frame_id=frame_id, limit=MAX_DETECTIONS_PER_FRAME)
@@ -62,7 +66,7 @@ def get_frame(frame_id: int, store: StoreDep) -> FrameDetail:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404, 500)},
 )
-def get_bitstream(frame_id: int, store: StoreDep) -> Response:
+def get_bitstream(frame_id: FrameId, store: StoreDep) -> Response:
     frame = _frame_or_404(store, frame_id)
     try:
         data = store.read_bitstream(frame)

@@ -39,6 +39,10 @@ CursorQ = Annotated[
 ]
 
 
+INT64_MAX = 2**63 - 1
+"""Ids, sequences and ns times are signed 64-bit in the database."""
+
+
 def to_ns(t: datetime) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
@@ -55,9 +59,19 @@ def optional_iso(ns: int | None) -> str | None:
     return None if ns is None else iso_utc(ns)
 
 
+def bounded_ns(t: datetime, field: str) -> int:
+    """``to_ns`` for a query parameter: times a signed 64-bit ns count cannot hold are a 400."""
+    ns = to_ns(t)
+    if not -INT64_MAX <= ns <= INT64_MAX:
+        raise ApiError(
+            400, f"query parameter '{field}': {t.isoformat()} is outside 1678..2262", field=field
+        )
+    return ns
+
+
 def time_window(since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
-    since_ns = None if since is None else to_ns(since)
-    until_ns = None if until is None else to_ns(until)
+    since_ns = None if since is None else bounded_ns(since, "since")
+    until_ns = None if until is None else bounded_ns(until, "until")
     if since_ns is not None and until_ns is not None and since_ns >= until_ns:
         raise ApiError(
             400,

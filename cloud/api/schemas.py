@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud.api.params import iso_utc, optional_iso
+from cloud.api.params import INT64_MAX, iso_utc, optional_iso
 from cloud.restorers import RESTORERS
 from cloud.store.records import CameraRecord, DetectionRecord, FrameRecord, ViewRecord
 
@@ -171,9 +171,11 @@ class ViewRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_id: int | None = Field(None, ge=1, description="Frame to view")
+    frame_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Frame to view")
     camera: str | None = Field(None, max_length=128, description="Camera of the frame")
-    sequence: int | None = Field(None, ge=0, description="The frame's sequence on that camera")
+    sequence: int | None = Field(
+        None, ge=0, le=INT64_MAX, description="The frame's sequence on that camera"
+    )
     kind: str = Field("preview", description=f"View kind, one of {sorted(RESTORERS)}")
 
 

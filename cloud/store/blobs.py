@@ -1,13 +1,24 @@
 """Blob directory: frame bitstreams and rendered views, one file per key.
 
-A put is durable when it returns: write to a temp file, fsync, rename, fsync the
-directory. Rewriting a key with the same bytes is harmless (idempotent replays).
+A put is durable when it returns: write a unique temp file, fsync, rename, and fsync
+every directory it created or changed. Rewriting a key with the same bytes is
+harmless (idempotent replays), even from two writers at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalBlobStore:
@@ -21,20 +32,34 @@ class LocalBlobStore:
             raise ValueError(f"blob key {key!r} escapes the store")
         return path
 
+    def _make_dirs(self, directory: Path) -> None:
+        # Create missing parents one by one and fsync each parent, so a new camera's
+        # directory survives a power cut along with its first acknowledged frame.
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                d.mkdir()
+            _fsync_dir(d.parent)
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        self._make_dirs(path.parent)
+        # A unique temp name per writer: two ingests of one replayed frame may overlap.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

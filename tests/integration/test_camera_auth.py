@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,9 @@ def edge(cloud: RunningCloud, camera: str = "cam-a", **kw: object) -> EdgeSettin
 
 def hello(bundle: Bundle, camera: str) -> ingest_pb2.UplinkMessage:
     return ingest_pb2.UplinkMessage(
-        hello=ingest_pb2.Hello(camera_id=camera, bundle_hash=bundle.hash, edge_time_ns=1)
+        hello=ingest_pb2.Hello(
+            camera_id=camera, bundle_hash=bundle.hash, edge_time_ns=time.time_ns()
+        )
     )
 
 

@@ -1,5 +1,6 @@
 """gRPC ingest on a real loopback server: acks, replays, and rejected input."""
 
+import time
 from pathlib import Path
 
 import cv2
@@ -94,7 +95,9 @@ def raw_stream(cloud: RunningCloud, messages: list[ingest_pb2.UplinkMessage]) ->
 
 def hello(bundle: Bundle, camera: str = "cam-b") -> ingest_pb2.UplinkMessage:
     return ingest_pb2.UplinkMessage(
-        hello=ingest_pb2.Hello(camera_id=camera, bundle_hash=bundle.hash, edge_time_ns=1)
+        hello=ingest_pb2.Hello(
+            camera_id=camera, bundle_hash=bundle.hash, edge_time_ns=time.time_ns()
+        )
     )
 
 
@@ -196,3 +199,22 @@ def test_capture_times_are_corrected_for_a_skewed_edge_clock(
     (stored,) = api.get("/v1/frames", params={"camera": "skewed-cam"}).json()["items"]
     error_ms = abs(stored["time_ns"] - captured_true_ns) / 1e6
     assert error_ms < 250, f"stored capture time is off by {error_ms:.0f} ms"
+
+
+def test_out_of_range_frames_and_clocks_are_refused_by_name(
+    cloud: RunningCloud, tiny_bundle: Bundle
+) -> None:
+    good = encoded_frames(tiny_bundle)[0]
+    huge = frame(2**64 - 1, good.bitstream, good.rate_level)
+    error = raw_stream(cloud, [hello(tiny_bundle, "cam-g"), huge])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exceeds 2**63-1" in (error.details() or "")
+    assert dict(error.trailing_metadata() or ())["fchm-rejected-sequence"] == str(2**64 - 1)
+
+    far_future = ingest_pb2.UplinkMessage(
+        hello=ingest_pb2.Hello(camera_id="cam-h", bundle_hash=tiny_bundle.hash,
+                               edge_time_ns=-(2**63) + 1)
+    )  # fmt: skip
+    error = raw_stream(cloud, [far_future])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "edge_time_ns" in (error.details() or "")

@@ -240,6 +240,10 @@ def test_bitstream_endpoint_returns_the_stored_bytes(api: Api) -> None:
         ("/v1/frames/99999", {}, 404, "frame_id", ["99999"]),
         ("/v1/frames/abc", {}, 422, "frame_id", ["frame_id"]),
         ("/v1/frames/99999/bitstream", {}, 404, "frame_id", ["99999"]),
+        # Values a signed 64-bit column cannot hold are the caller's error, not a 500.
+        ("/v1/frames/99999999999999999999999", {}, 422, "frame_id", ["frame_id"]),
+        ("/v1/detections", {"since": "0001-01-01T00:00:00"}, 400, "since", ["since"]),
+        ("/v1/frames", {"until": "9999-12-31T23:59:59"}, 400, "until", ["until"]),
     ],
 )
 def test_bad_requests_name_the_parameter(

@@ -147,6 +147,8 @@ def test_view_by_camera_and_sequence(env: ViewEnv, client: TestClient) -> None:
         ({"frame_id": 1, "camera": "cam", "sequence": 0}, 422, "frame_id", ["not both"]),
         ({"frame_id": "one"}, 422, "frame_id", ["frame_id"]),
         ({"frame_id": 1, "colour": "red"}, 422, "colour", ["colour"]),
+        ({"frame_id": 2**64}, 422, "frame_id", ["frame_id"]),
+        ({"camera": "cam", "sequence": 2**64}, 422, "sequence", ["sequence"]),
     ],
 )
 def test_bad_view_requests_name_the_field(

@@ -1,0 +1,151 @@
+"""``fchm model eval`` end to end: tiny real bundle, real images, frames of a real video.
+
+bus.jpg, zidane.jpg ─┐
+demo.mp4 (3 frames) ─┴─► python -m fchm model eval ─► OUT.json (rows, BD-rates, meta)
+                                                   └► OUT.png (rate–fidelity plot)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from codec.bundle import Bundle
+from model.eval_signals import CRFS
+from model.evaluate import QUALITIES
+from tests.conftest import sample_images
+
+ROW_KEYS = {"codec", "setting", "bytes_per_frame", "bpp", "map50", "map50_95",
+            "edge_ms_per_frame", "decode_ms_per_frame"}  # fmt: skip
+
+
+def demo_video() -> Path:
+    from fchm.demo import packaged_video
+
+    try:
+        return packaged_video()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def eval_run(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:  # type: ignore[type-arg]
+    out = tmp_path_factory.mktemp("eval")
+    images = out / "images"
+    images.mkdir()
+    for path in sample_images():
+        shutil.copy(path, images / path.name)
+    cmd = [
+        sys.executable, "-m", "fchm", "model", "eval", "--bundle", str(tiny_bundle.path),
+        "--images", str(images), "--video", str(demo_video()), "--frames", "3",
+        "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"),
+    ]  # fmt: skip
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval" in done.stderr  # the progress bar
+    return json.loads((out / "eval.json").read_text()), out / "eval.png"
+
+
+def test_rows_cover_every_codec_setting_with_the_required_fields(
+    eval_run: tuple[dict, Path],  # type: ignore[type-arg]
+    tiny_bundle: Bundle,
+) -> None:
+    result, _ = eval_run
+    assert set(result) >= {"rows", "bd_rate_vs_jpeg", "meta"}
+    rows = result["rows"]
+    for row in rows:
+        assert ROW_KEYS <= set(row), row
+        for key in ("map50", "map50_95"):
+            assert row[key] is None or 0.0 <= row[key] <= 1.0, row
+    by_codec: dict[str, list[dict]] = {}  # type: ignore[type-arg]
+    for row in rows:
+        by_codec.setdefault(row["codec"], []).append(row)
+    levels = tiny_bundle.manifest.num_levels
+    assert [r["setting"] for r in by_codec["uniform"]] == [f"level {i}" for i in range(levels)]
+    assert [r["setting"] for r in by_codec["jpeg"]] == [f"q={q}" for q in QUALITIES]
+    assert [r["setting"] for r in by_codec["webp"]] == [f"q={q}" for q in QUALITIES]
+    assert [r["setting"] for r in by_codec["h264"]] == [f"crf={c}" for c in CRFS]
+    # 2 images + 3 video frames; H.264 codes only the video frames, as one clip.
+    assert {r["frames"] for r in by_codec["uniform"] + by_codec["jpeg"]} == {5}
+    assert {(r["frames"], r["frame_set"]) for r in by_codec["h264"]} == {(3, "video")}
+    # Coarser settings cost fewer bytes; every coded signal has bytes and timings.
+    uniform_bytes = [r["bytes_per_frame"] for r in by_codec["uniform"]]
+    assert uniform_bytes == sorted(uniform_bytes)
+    h264_bytes = [r["bytes_per_frame"] for r in by_codec["h264"]]
+    assert h264_bytes == sorted(h264_bytes, reverse=True)
+    for row in rows:
+        if row["codec"] != "full-detector":
+            assert row["bytes_per_frame"] > 0 and row["bpp"] > 0 and row["decode_ms_per_frame"] >= 0
+        assert row["edge_ms_per_frame"] > 0
+    # The full detector on the edge: a time, no bytes, and its self-check mAP.
+    (full,) = by_codec["full-detector"]
+    assert full["bytes_per_frame"] is None
+    if full["map50"] is not None:
+        assert full["map50"] == 1.0
+
+
+def test_bd_rates_and_meta(eval_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
+    result, _ = eval_run
+    assert set(result["bd_rate_vs_jpeg"]) == {"uniform", "webp", "h264"}
+    for name, value in result["bd_rate_vs_jpeg"].items():
+        detail = result["bd_rate_details"][name]
+        assert detail["bd_rate"] == value
+        assert (value is None and detail["note"]) or value > -1.0
+    assert result["bd_rate_details"]["h264"]["frame_set"] == "video"
+    meta = result["meta"]
+    assert meta["frames"] == 5 and meta["image_frames"] == 2
+    assert meta["reference_detections"] > 0  # so the mAP columns were really computed
+    assert len(meta["video"]["sampled_indices"]) == 3
+    assert meta["video_encoder"]["name"] == "libx264"
+    # bus.jpg and zidane.jpg ship with ultralytics: the default export fits on them.
+    assert sorted(meta["eval_images_in_packaged_fit_set"]) == ["bus.jpg", "zidane.jpg"]
+
+
+def test_plot_is_a_png(eval_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
+    _, png = eval_run
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def cli() -> Iterator[CliRunner]:
+    # The CLI's callback installs a log handler on CliRunner's stderr; take it off after.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield CliRunner()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_bad_inputs_are_named(cli: CliRunner, tiny_bundle: Bundle, tmp_path: Path) -> None:
+    from fchm.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample_images()[0], images)
+    (tmp_path / "empty").mkdir()
+    out = ["--json", str(tmp_path / "o.json")]
+    base = ["model", "eval", "--bundle", str(tiny_bundle.path), *out]
+    cases = {
+        "--images": [*base, "--images", str(tmp_path / "missing")],
+        "--images: no .jpg": [*base, "--images", str(tmp_path / "empty")],
+        "--images/--video": base,
+        "--video": [*base, "--video", str(tmp_path / "missing.mp4")],
+        "--frames": [*base, "--images", str(images), "--frames", "0"],
+        "--bundle": ["model", "eval", "--bundle", str(tmp_path), *out, "--images", str(images)],
+        "--plot": [*base, "--images", str(images), "--plot", str(tmp_path / "p.jpg")],
+    }
+    for expected, args in cases.items():
+        result = cli.invoke(app, args)
+        assert result.exit_code == 2, (expected, result.output)
+        assert f"error: {expected}" in result.output, result.output
+    assert not (tmp_path / "o.json").exists()
