@@ -15,9 +15,14 @@ COPY edge edge
 COPY cloud cloud
 COPY model model
 COPY fchm fchm
-# psycopg[binary]: the PostgreSQL driver for FCHM_CLOUD_DATABASE_URL=postgresql+psycopg://…
-# (not a project extra; SQLite needs nothing).
-RUN /opt/fchm/bin/pip install -c constraints.txt ".[cloud]" "psycopg[binary]>=3.1" \
+COPY proto proto
+# The gRPC stubs are generated, not committed (make proto does the same).
+RUN /opt/fchm/bin/pip install grpcio-tools \
+ && /opt/fchm/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+      proto/fchm/v1/ingest.proto
+# The postgres extra: the PostgreSQL driver for FCHM_CLOUD_DATABASE_URL=postgresql+psycopg://…
+RUN /opt/fchm/bin/pip install -c constraints.txt ".[cloud,postgres]" \
+ && /opt/fchm/bin/python -c "import fchm.v1.ingest_pb2_grpc, cloud.server" \
  && /opt/fchm/bin/fchm --help > /dev/null
 
 # 2. Run: the venv on a clean base, as an unprivileged user.

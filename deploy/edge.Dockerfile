@@ -16,7 +16,13 @@ COPY edge edge
 COPY cloud cloud
 COPY model model
 COPY fchm fchm
+COPY proto proto
+# The gRPC stubs are generated, not committed (make proto does the same).
+RUN /opt/fchm/bin/pip install grpcio-tools \
+ && /opt/fchm/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+      proto/fchm/v1/ingest.proto
 RUN /opt/fchm/bin/pip install -c constraints.txt ".[edge]" \
+ && /opt/fchm/bin/python -c "import fchm.v1.ingest_pb2_grpc, edge.agent" \
  && /opt/fchm/bin/python -c "import importlib.util as u, sys; sys.exit('torch is in the edge image' if u.find_spec('torch') else 0)" \
  && /opt/fchm/bin/fchm --help > /dev/null
 

@@ -81,10 +81,16 @@ class FrameStore:
                 "clock_offset_ns": clock_offset_ns,
                 "agent_version": agent_version,
             }
+            if not exists:
+                try:
+                    with conn.begin_nested():  # two first Hellos at once: one inserts
+                        conn.execute(
+                            insert(cameras).values(camera_id=camera_id, first_seen_ns=t, **values)
+                        )
+                except IntegrityError:
+                    exists = True
             if exists:
                 conn.execute(update(cameras).where(cameras.c.camera_id == camera_id).values(values))
-            else:
-                conn.execute(insert(cameras).values(camera_id=camera_id, first_seen_ns=t, **values))
             top = conn.execute(
                 select(func.max(frames.c.sequence)).where(frames.c.camera_id == camera_id)
             ).scalar()

@@ -19,6 +19,10 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# 64-bit ids on PostgreSQL (detections pass 2**31 rows quickly at fleet scale); SQLite
+# needs plain INTEGER for its rowid primary keys, which are 64-bit anyway.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
 cameras = Table(
     "cameras",
     metadata,
@@ -33,7 +37,7 @@ cameras = Table(
 frames = Table(
     "frames",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("camera_id", String(128), ForeignKey("cameras.camera_id"), nullable=False),
     Column("sequence", BigInteger, nullable=False),
     Column("capture_time_ns", BigInteger, nullable=False),
@@ -51,8 +55,8 @@ frames = Table(
 detections = Table(
     "detections",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("frame_id", Integer, ForeignKey("frames.id"), nullable=False),
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("frame_id", Id, ForeignKey("frames.id"), nullable=False),
     Column("camera_id", String(128), nullable=False),
     Column("capture_time_ns", BigInteger, nullable=False),
     Column("class_id", Integer, nullable=False),
@@ -72,7 +76,7 @@ views = Table(
     "views",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("frame_id", Integer, ForeignKey("frames.id"), nullable=False),
+    Column("frame_id", Id, ForeignKey("frames.id"), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("status", String(16), nullable=False),
     Column("created_ns", BigInteger, nullable=False),

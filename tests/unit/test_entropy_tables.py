@@ -51,3 +51,22 @@ def test_wrong_level_channels_or_payload_are_errors() -> None:
 def test_tables_must_be_normalized() -> None:
     with pytest.raises(ValueError, match="sum to"):
         EntropyTables(np.ones((1, 1, 4), dtype=np.uint32), 1)
+
+
+def test_golden_payload_pins_the_coder() -> None:
+    """Edge and cloud may run on different machines and images: the same symbols and
+    tables must give these exact bytes everywhere. If this fails after an upgrade of
+    constriction or numpy, decoding old bitstreams is at risk: pin the old version."""
+    import hashlib
+
+    values = np.arange(-7, 8)
+    counts = np.exp(-np.abs(values) / np.arange(1, 5)[:, None])
+    counts = np.concatenate([counts, np.full((4, 1), 1e-3)], axis=1)
+    tables = EntropyTables(quantize_frequencies(np.stack([counts] * 2)), 7)
+    q = np.random.default_rng(123).laplace(0, 2, size=(4, 16, 16)).round().astype(np.int32)
+    q[0, 0, 0] = 500  # one escape
+    payload = tables.encode(q, 1)
+    assert hashlib.sha256(payload).hexdigest() == (
+        "b19c5f74b0ab847e1af52645918e520b8eedaf3439d30bab06e28e1319f4e6e1"
+    )
+    assert np.array_equal(tables.decode(payload, 1, q.shape), q)
