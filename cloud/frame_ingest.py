@@ -18,6 +18,7 @@ from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.metrics import CloudMetrics
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import FrameRecord, StoredFrame
+from codec.bitstream import stored_checksum
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class ReceivedFrame:
 
 
 INT64_MAX = 2**63 - 1
+
+
+class SequenceReused(RuntimeError):
+    """A (camera, sequence) already stored with other bytes."""
 
 
 def check_ranges(frame: ReceivedFrame, clock_offset_ns: int) -> None:
@@ -49,8 +54,16 @@ class FrameIngest:
 
     def ingest(self, frame: ReceivedFrame, clock_offset_ns: int) -> StoredFrame:
         check_ranges(frame, clock_offset_ns)
+        crc = stored_checksum(frame.bitstream)
         existing = self.store.find_frame(frame.camera_id, frame.sequence)
         if existing is not None and existing.id is not None:
+            if existing.crc32 != crc:
+                # Acking this as a duplicate would make the edge delete a frame we never
+                # stored: refuse, so the edge stops with its spool intact.
+                raise SequenceReused(
+                    f"sequence {frame.sequence} of camera {frame.camera_id} is already stored "
+                    "with different content (was the edge's spool reset or restored?)"
+                )
             self.metrics.duplicates.inc()
             return StoredFrame(existing.id, True, existing.num_detections)
 
@@ -73,6 +86,7 @@ class FrameIngest:
                 received_time_ns=time.time_ns(),
                 rate_level=frame.rate_level,
                 num_bytes=len(frame.bitstream),
+                crc32=crc,
                 image_width=width,
                 image_height=height,
             ),

@@ -20,7 +20,7 @@ import grpc
 
 from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.frame_decoder import InvalidFrame
-from cloud.frame_ingest import FrameIngest, ReceivedFrame
+from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"frame {f.sequence} of camera {hello.camera_id}: {exc}",
                     )
+                except SequenceReused as exc:
+                    await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 except Exception:
                     # Not the frame's fault (a database hiccup, a bug): no ack, the edge
                     # retries; internals stay in our log, not in the edge's.

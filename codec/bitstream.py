@@ -23,6 +23,15 @@ _CRC = struct.Struct("<I")
 OVERHEAD_BYTES = _HEADER.size + _CRC.size
 
 
+def stored_checksum(data: bytes) -> int:
+    """The container's CRC-32 of its body: a cheap fingerprint of a whole bitstream.
+
+    (A CRC over the whole bytes would not do: a CRC over data that ends in its own CRC
+    is the same constant for every container.)
+    """
+    return int(_CRC.unpack_from(data, len(data) - _CRC.size)[0]) if len(data) >= 4 else 0
+
+
 class BitstreamError(ValueError):
     """A bitstream that cannot be parsed; the message names what is wrong."""
 

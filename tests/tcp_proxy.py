@@ -57,6 +57,11 @@ class TcpProxy:
         self.cuts += 1
         return self._drop_all()
 
+    def live(self) -> int:
+        """Connections being forwarded now."""
+        with self._lock:
+            return len(self._live) // 2
+
     def down(self) -> None:
         """An outage: live connections cut, new ones refused until ``up()``."""
         self._down.set()

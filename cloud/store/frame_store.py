@@ -72,9 +72,12 @@ class FrameStore:
         """Create or refresh a camera; return the next sequence it should send."""
         t = now_ns()
         with self.engine.begin() as conn:
-            exists = conn.execute(
-                select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id)
-            ).first()
+            exists = (
+                conn.execute(
+                    select(cameras.c.camera_id).where(cameras.c.camera_id == camera_id)
+                ).first()
+                is not None
+            )
             values = {
                 "bundle_hash": bundle_hash,
                 "last_seen_ns": t,
@@ -126,6 +129,7 @@ class FrameStore:
             "received_time_ns": frame.received_time_ns,
             "rate_level": frame.rate_level,
             "num_bytes": frame.num_bytes,
+            "crc32": frame.crc32,
             "image_width": frame.image_width,
             "image_height": frame.image_height,
             "num_detections": len(found),

@@ -28,6 +28,8 @@ class FrameRecord:
     image_width: int
     image_height: int
     num_detections: int = 0
+    crc32: int = 0
+    """the container's CRC-32: tells a replay from a reused sequence"""
     id: int | None = None
     bitstream_key: str = ""
 

@@ -44,6 +44,7 @@ frames = Table(
     Column("received_time_ns", BigInteger, nullable=False),
     Column("rate_level", Integer, nullable=False),
     Column("num_bytes", Integer, nullable=False),
+    Column("crc32", BigInteger, nullable=False, default=0),
     Column("image_width", Integer, nullable=False),
     Column("image_height", Integer, nullable=False),
     Column("num_detections", Integer, nullable=False),

@@ -24,22 +24,25 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         shutil.copy(path, frames / f"{i:03d}{path.suffix}")
     grpc_port, http_port = free_port(), free_port()
     env = {**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"}
+    log = (tmp_path / "cloud.log").open("w")  # a file, not a pipe nobody drains
     cloud = subprocess.Popen(
         [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(tiny_bundle.path),
          "--data-dir", str(tmp_path / "cloud"), "--grpc-port", str(grpc_port),
          "--http-port", str(http_port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert cloud.poll() is None, cloud.stdout.read() if cloud.stdout else ""
+        while True:
+            assert cloud.poll() is None, (tmp_path / "cloud.log").read_text()
             try:
                 if api.get("/readyz").status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass
+            assert time.monotonic() < deadline, "cloud not ready after 60 s"
+            time.sleep(0.2)
         edge = subprocess.run(
             [sys.executable, "-m", "fchm", "edge", "run", "--source", str(frames),
              "--camera", "gate-1", "--cloud", f"127.0.0.1:{grpc_port}", "--rate", "6",
@@ -77,3 +80,4 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
     finally:
         cloud.send_signal(signal.SIGTERM)
         assert cloud.wait(timeout=30) == 0
+        log.close()

@@ -218,3 +218,16 @@ def test_out_of_range_frames_and_clocks_are_refused_by_name(
     error = raw_stream(cloud, [far_future])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "edge_time_ns" in (error.details() or "")
+
+
+def test_a_sequence_reused_with_other_bytes_is_refused_not_acked(
+    cloud: RunningCloud, tiny_bundle: Bundle
+) -> None:
+    first, second = encoded_frames(tiny_bundle)
+    acks = acked(cloud, [hello(tiny_bundle, "cam-r"), frame(5, first.bitstream, first.rate_level)])
+    assert [a.sequence for a in acks] == [5]
+    error = raw_stream(
+        cloud, [hello(tiny_bundle, "cam-r"), frame(5, second.bitstream, second.rate_level)]
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already stored with different content" in (error.details() or "")
