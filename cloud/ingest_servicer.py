@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
 """Trailing metadata naming the frame behind an INVALID_ARGUMENT (see edge/uplink.py)."""
 
+HELLO_TIMEOUT_S = 30.0
+"""A connection that says nothing is closed: streams are not free to hold open."""
+
 MAX_CLOCK_OFFSET_NS = 366 * 24 * 3600 * 10**9
 
 CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -56,7 +59,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         metrics = self.ingest.metrics
         metrics.streams.inc()
         try:
-            first = await anext(aiter(request_iterator), None)
+            try:
+                first = await asyncio.wait_for(
+                    anext(aiter(request_iterator), None), HELLO_TIMEOUT_S
+                )
+            except TimeoutError:
+                await self._abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no Hello within {HELLO_TIMEOUT_S:g} s")  # fmt: skip
             hello = await self._check_hello(first, context)
             offset = time.time_ns() - hello.edge_time_ns
             if abs(offset) > MAX_CLOCK_OFFSET_NS:

@@ -83,6 +83,15 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
     # 1. Bundle, encoder and credentials first: a bad bundle, backend or TLS file fails
     #    here, with the setting named, before anything runs.
     channel_credentials(settings)
+    source_stop = threading.Event()
+    source_stats = SourceStats()
+    frames = open_source(  # a bad source string fails here, before anything starts
+        settings.source,
+        settings.max_fps,
+        reconnect=settings.reconnect_source,
+        stats=source_stats,
+        stop=source_stop,
+    )
     bundle = Bundle.load(settings.bundle)
     encoder = FrameEncoder(
         bundle, settings.backend, settings.threads, engine_cache=settings.engine_cache
@@ -125,16 +134,7 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
     if resume is not None:
         log.info("resuming %s after frame %d (already spooled)", settings.source, resume)
         report.resumed_after = resume
-    source_stop = threading.Event()
-    source_stats = SourceStats()
     metrics.watch_source(lambda: source_stats.reconnects)
-    frames = open_source(
-        settings.source,
-        settings.max_fps,
-        reconnect=settings.reconnect_source,
-        stats=source_stats,
-        stop=source_stop,
-    )
     queue = FrameQueue(settings.queue_frames, drop_oldest=live)
     metrics.watch_queue(lambda: len(queue))
     start_capture(_after(frames, resume, settings.max_frames), queue)

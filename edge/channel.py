@@ -90,4 +90,4 @@ def call_metadata(settings: EdgeSettings) -> tuple[tuple[str, str], ...]:
     """Metadata for each stream call: the camera's bearer token, if it has one."""
     if not settings.token:
         return ()
-    return (("authorization", f"Bearer {settings.token}"),)
+    return (("authorization", f"Bearer {settings.token.get_secret_value()}"),)

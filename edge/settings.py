@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,7 +44,7 @@ class EdgeSettings(BaseSettings):
 
     # ── uplink ───────────────────────────────────────────────────────────────
     cloud: str = Field("127.0.0.1:50051", description="Cloud gRPC ingest address, host:port")
-    token: str | None = Field(None, description="Per-camera token sent as gRPC metadata")
+    token: SecretStr | None = Field(None, description="Per-camera token sent as gRPC metadata")
     tls_ca: Path | None = Field(None, description="CA bundle to verify the cloud (enables TLS)")
     tls_cert: Path | None = Field(None, description="Client certificate for mutual TLS")
     tls_key: Path | None = Field(None, description="Client private key for mutual TLS")

@@ -230,7 +230,7 @@ def _print_rate(
     print(f"[6/7] bytes per frame over the same {len(frame_bytes)} frames ({w}x{h} source):")
     print(f"      fchm uniform codec, level {cfg.rate_level} (whole bitstream): {ours:10,.0f}")
     print(f"      JPEG q90 at the network's {info.input_size} px long side:  {small_kb:10,.0f}")
-    print(f"      JPEG q90 at full resolution:                   {full_kb:10,.0f}")
+    print(f"      JPEG q90 at the source resolution:             {full_kb:10,.0f}")
     print(
         f"      detections: {len(received)} from the bitstreams, {reference} from the full "
         "detector on the uncompressed frames"
