@@ -4,6 +4,7 @@
     fchm cloud token      a new camera token and the hash for the cloud's config
     fchm edge run         camera agent: source → encoder → codec → uplink
     fchm model export     Ultralytics checkpoint → bundle
+    fchm model eval       a bundle's codec vs JPEG/WebP/H.264: JSON table, plot
     fchm demo             all of the above, end to end, on a real video
 
 Heavy modules are imported inside each command, so an edge-only install (no torch,
@@ -215,6 +216,43 @@ def model_export(
         raise fail(str(exc)) from None
     typer.echo(
         f"bundle {bundle.path} ({bundle.hash[:16]}…): {bundle.manifest.detector.class_names}"
+    )
+
+
+@model_app.command("eval")
+def model_eval(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory to judge")],
+    json_out: Annotated[Path, typer.Option("--json", help="Results file (rows, BD-rates, meta)")],
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of evaluation images (not the fitting images)")
+    ] = None,
+    video: Annotated[Path | None, typer.Option(help="Evaluation video (adds H.264 rows)")] = None,
+    frames: Annotated[int, typer.Option(help="Frames sampled evenly from --video")] = 40,
+    plot: Annotated[Path | None, typer.Option(help="Rate–fidelity plot, .png")] = None,
+) -> None:
+    """Bytes vs detection fidelity of the bundle's codec, JPEG, WebP and H.264, same frames."""
+    from model.eval_report import markdown, write_json
+    from model.eval_report import plot as write_plot
+    from model.evaluate import EvalConfig, EvalInputError, evaluate
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise fail(f"--plot: {plot} must end in .png")
+    try:
+        result = evaluate(EvalConfig(bundle=bundle, images=images, video=video, frames=frames))
+    except EvalInputError as exc:
+        raise fail(str(exc)) from None
+    try:
+        write_json(result, json_out)
+    except OSError as exc:
+        raise fail(f"--json: {exc}") from None
+    if plot is not None:
+        try:
+            write_plot(result, plot)
+        except OSError as exc:
+            raise fail(f"--plot: {exc}") from None
+    typer.echo(markdown(result))
+    typer.echo(
+        f"wrote {json_out}{f' and {plot}' if plot else ''} in {result.meta['run_seconds']} s"
     )
 
 
