@@ -25,12 +25,10 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,43 +191,21 @@ def encode_path_child(bundle_dir: Path, video: Path, frames: int, threads: int) 
     print(peak_rss_line())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def agent_rss_mb(bundle_dir: Path, video: Path, frames: int, threads: int) -> tuple[float, str]:
     """Peak RSS of `fchm edge run` streaming to a real `fchm cloud serve` on loopback."""
-    grpc_port, http_port = free_port(), free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        cloud = subprocess.Popen(
-            [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(bundle_dir),
-             "--data-dir", f"{tmp}/cloud", "--grpc-port", str(grpc_port),
-             "--http-port", str(http_port)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"},
+    from fchm.cloud_process import CloudProcess  # httpx: kept out of the process until now
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        CloudProcess(bundle_dir, Path(tmp) / "cloud") as cloud,
+    ):
+        return child_max_rss_mb(
+            [sys.executable, "-m", "fchm", "edge", "run", "--source", str(video),
+             "--camera", "bench-rss", "--cloud", cloud.grpc_target, "--rate", "3",
+             "--bundle", str(bundle_dir), "--max-frames", str(frames),
+             "--spool-dir", f"{tmp}/spool"],
+            env={"FCHM_EDGE_THREADS": str(threads)},
         )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2):
-                        break
-                except OSError:
-                    if cloud.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("the cloud did not come up") from None
-                    time.sleep(0.3)
-            return child_max_rss_mb(
-                [sys.executable, "-m", "fchm", "edge", "run", "--source", str(video),
-                 "--camera", "bench-rss", "--cloud", f"127.0.0.1:{grpc_port}", "--rate", "3",
-                 "--bundle", str(bundle_dir), "--max-frames", str(frames),
-                 "--spool-dir", f"{tmp}/spool"],
-                env={"FCHM_EDGE_THREADS": str(threads)},
-            )  # fmt: skip
-        finally:
-            cloud.terminate()
-            cloud.wait(30)
 
 
 def measure_memory(

@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +24,6 @@ import time
 from pathlib import Path
 
 import grpc
-import httpx
 
 from codec.bundle import Bundle
 from edge.backoff import Backoff
@@ -36,6 +32,7 @@ from edge.settings import EdgeSettings
 from edge.sources import open_source
 from edge.spool import Spool
 from edge.uplink import Uplink, UplinkListener
+from fchm.cloud_process import CloudProcess
 from fchm.demo import packaged_video
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
@@ -54,12 +51,6 @@ class AckClock(UplinkListener):
         self.acks += 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
@@ -75,26 +66,9 @@ def main() -> None:
     defaults = EdgeSettings(source="-", camera_id="bench")
 
     work = Path(tempfile.mkdtemp(prefix="fchm-recovery-"))
-    grpc_port, http_port = free_port(), free_port()
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "fchm", "--log-level", "WARNING", "cloud", "serve",
-         "--bundle", str(args.bundle), "--data-dir", str(work / "cloud"),
-         "--grpc-port", str(grpc_port), "--http-port", str(http_port)],
-        env={**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"},
-    )  # fmt: skip
     rows = []
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("cloud did not start")
-            time.sleep(0.2)
-        proxy = TcpProxy(grpc_port)
+    with CloudProcess(args.bundle, work / "cloud") as cloud:
+        proxy = TcpProxy(cloud.grpc_port)
         spool = Spool(work / "spool", max_bytes=1 << 30, max_age_s=3600)
         clock = AckClock()
         uplink = Uplink(
@@ -142,9 +116,6 @@ def main() -> None:
         stop.set()
         uplink.stop(flush_timeout_s=30)
         proxy.close()
-    finally:
-        cloud.send_signal(signal.SIGTERM)
-        cloud.wait(30)
 
     meta = {
         "fps": args.fps,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -21,19 +20,16 @@ import grpc
 from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.frame_decoder import InvalidFrame
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
+from codec.wire import CAMERA_ID, REJECTED_SEQUENCE_KEY
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
-"""Trailing metadata naming the frame behind an INVALID_ARGUMENT (see edge/uplink.py)."""
 
 HELLO_TIMEOUT_S = 30.0
 """A connection that says nothing is closed: streams are not free to hold open."""
 
 MAX_CLOCK_OFFSET_NS = 366 * 24 * 3600 * 10**9
-
-CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):

@@ -140,7 +140,6 @@ class CloudServer:
         readiness = readiness_checks(
             {
                 "database": store.ping,
-                "grpc": lambda: self._grpc is not None,
                 "view_workers": lambda: (
                     bool(self._workers) and not any(t.done() for t in self._workers)
                 ),

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-CAMERA_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from codec.wire import CAMERA_ID
+
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
 

@@ -172,6 +172,11 @@ class ViewQueue:
         self._update_gauge()
         return view_id
 
+    def idle_workers(self) -> int:
+        """Workers parked in get(), waiting for a job."""
+        with self._lock:
+            return len(self._waiters)
+
     def depth(self) -> int:
         with self._lock:
             return len(self._pending)

@@ -52,7 +52,6 @@ class AgentReport:
     elapsed_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     """mean milliseconds per frame in each edge stage"""
-    frame_bytes: list[int] = field(default_factory=list)
 
     @property
     def bytes_per_frame(self) -> float:
@@ -176,7 +175,6 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
             metrics.on_encoded(encoded)
             report.frames += 1
             report.bytes_encoded += len(encoded.bitstream)
-            report.frame_bytes.append(len(encoded.bitstream))
             for stage, ms in encoded.stage_ms.items():
                 totals[stage] = totals.get(stage, 0.0) + ms
             if queue.dropped > queue_drops:
@@ -218,8 +216,6 @@ def _after(
     The cap is counted after the skip, so it applies to this run's new frames; it
     stops right after the last one rather than waiting on a live source for another.
     """
-    if max_frames == 0:
-        return
     produced = 0
     for frame in frames:
         if resume is not None and frame.index <= resume:

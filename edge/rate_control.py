@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -55,21 +54,6 @@ class RateController(Protocol):
     def set_hint(self, level: int | None) -> None:
         """The cloud's cap on the level; None lifts it."""
         ...
-
-
-@dataclass(frozen=True)
-class RateState:
-    """A snapshot of a BudgetRate, for metrics and logs."""
-
-    budget_kbps: float
-    balance_bytes: float
-    """tokens in the bucket: > 0 saved, < 0 debt"""
-    target_bytes: float
-    """where scene activity wants the balance (> 0 save, < 0 spend)"""
-    predicted_bytes: tuple[float, ...]
-    """the predictor's current bytes per frame for each level"""
-    frame_interval_s: float
-    hint: int | None
 
 
 # ── scene activity ───────────────────────────────────────────────────────────
@@ -274,16 +258,6 @@ class BudgetRate:
     def set_hint(self, level: int | None) -> None:
         if self.follow_hints:
             self.hint = None if level is None else max(0, int(level))
-
-    def state(self) -> RateState:
-        return RateState(
-            self.budget_kbps,
-            self.balance,
-            self._target,
-            tuple(float(b) for b in self.predicted()),
-            self.interval,
-            self.hint,
-        )
 
     def _activity_target(self, activity: float | None) -> float:
         """Balance target in [-D/2, D/2]: +D/2 (save) at the camera's noise floor of

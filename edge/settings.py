@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from codec.wire import CAMERA_ID_PATTERN
+
 
 class EdgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FCHM_EDGE_", extra="forbid")
@@ -16,9 +18,7 @@ class EdgeSettings(BaseSettings):
     source: str = Field(
         description="Video file, image folder, stream URL (rtsp://, http://) or webcam index"
     )
-    camera_id: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Camera id, unique per cloud"
-    )
+    camera_id: str = Field(pattern=CAMERA_ID_PATTERN, description="Camera id, unique per cloud")
     backend: str = Field(
         "onnxruntime-cpu", description="Encoder backend (see edge/encoder_backends.py)"
     )

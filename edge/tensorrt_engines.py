@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -40,6 +38,7 @@ import numpy as np
 from codec.bundle import file_sha256
 from edge.cuda_memory import CudaMemory, open_cuda_memory
 from edge.encoder_backends import BackendUnavailable
+from fchm.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -137,27 +136,12 @@ def stale_reason(cache_dir: Path, key: EngineKey) -> str | None:
     return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # Write a temporary file in the same directory, fsync, rename: readers see the
-    # old file or the whole new one, never half of it (two agents may share a cache).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def store_engine(cache_dir: Path, key: EngineKey, engine: bytes) -> Path:
     """Write the engine, then its sidecar (last: a sidecar means a complete engine)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     engine_path, sidecar = engine_paths(cache_dir, key)
     sidecar.unlink(missing_ok=True)
-    _write_atomically(engine_path, engine)
+    write_atomically(engine_path, engine)
     meta = {
         "format": SIDECAR_FORMAT,
         "key": key.to_json(),
@@ -165,7 +149,7 @@ def store_engine(cache_dir: Path, key: EngineKey, engine: bytes) -> Path:
         "engine_bytes": len(engine),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomically(sidecar, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_atomically(sidecar, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return engine_path
 
 

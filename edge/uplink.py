@@ -23,6 +23,7 @@ from typing import cast
 
 import grpc
 
+from codec.wire import REJECTED_SEQUENCE_KEY
 from edge.backoff import Backoff
 from edge.spool import Spool
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
@@ -30,8 +31,6 @@ from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "fchm-edge/0.2"
-REJECTED_SEQUENCE_KEY = "fchm-rejected-sequence"
-"""Trailing metadata naming the frame behind an INVALID_ARGUMENT."""
 
 FATAL_CODES = frozenset(
     {
@@ -169,7 +168,7 @@ class Uplink:
                 log.exception("uplink failed")
                 self._die(UplinkError(grpc.StatusCode.INTERNAL, f"uplink failed: {exc}"))
                 return
-            if self.stats.sessions and self.session is not None:
+            if self.session is not None:
                 attempt = 0  # the last session got as far as a Welcome
             self.session = None
             self.listener.on_disconnected(error)

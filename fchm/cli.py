@@ -105,7 +105,7 @@ def cloud_token(
     only its hash under `camera_tokens:`. Run again to rotate a token.
     """
     from cloud.camera_auth import hash_token, new_token
-    from cloud.settings import CAMERA_ID
+    from codec.wire import CAMERA_ID
 
     if not CAMERA_ID.match(camera):
         raise fail(f"--camera: {camera!r} must match {CAMERA_ID.pattern}")

@@ -13,18 +13,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from fchm.cloud_process import CloudProcess
 
 DEMO_CAMERA = "stage-cam"
 
@@ -51,12 +48,6 @@ def packaged_video() -> Path:
     return video
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_demo(cfg: DemoConfig) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -72,53 +63,26 @@ def run_demo(cfg: DemoConfig) -> None:
     print(f"[1/7] bundle {cfg.bundle}")
 
     # 2. Cloud, as its own process.
-    grpc_port, http_port = _free_port(), _free_port()
     data_dir = cfg.out / "cloud"
     for stale in data_dir.glob("fchm.db*"):
         stale.unlink()
-    log = (cfg.out / "cloud.log").open("w")
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(cfg.bundle),
-         "--data-dir", str(data_dir), "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port)],
-        stdout=log, stderr=subprocess.STDOUT,
-        # Two processes on a small machine: one ONNX Runtime thread each, no oversubscription.
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "FCHM_CLOUD_ONNX_THREADS": "1"},
-    )  # fmt: skip
-    api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
+    log = cfg.out / "cloud.log"
+    log.write_text("")
+    cloud = CloudProcess(cfg.bundle, data_dir, log=log)
     try:
-        _wait_ready(api, cloud, cfg.out / "cloud.log")
-        print(f"[2/7] cloud up: gRPC 127.0.0.1:{grpc_port}, REST http://127.0.0.1:{http_port}")
-        _run_edge_rest_view(cfg, video, grpc_port, api)
+        cloud.start()
+        print(f"[2/7] cloud up: gRPC {cloud.grpc_target}, REST {cloud.http_base}")
+        api = httpx.Client(base_url=cloud.http_base, timeout=30)
+        _run_edge_rest_view(cfg, video, cloud.grpc_target, api)
     finally:
         # 7. Stop.
-        cloud.send_signal(signal.SIGTERM)
-        try:
-            code = cloud.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            cloud.kill()
-            code = -9
-        log.close()
+        code = cloud.stop()
     if code != 0:
-        raise RuntimeError(f"cloud exited with {code}; see {cfg.out / 'cloud.log'}")
+        raise RuntimeError(f"cloud exited with {code}; see {log}")
     print("[7/7] cloud stopped cleanly")
 
 
-def _wait_ready(api: httpx.Client, cloud: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if cloud.poll() is not None:
-            raise RuntimeError(f"cloud exited with {cloud.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if api.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("cloud not ready after 120 s")
-
-
-def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx.Client) -> None:
+def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_target: str, api: httpx.Client) -> None:
     from edge.agent import run_agent
     from edge.settings import EdgeSettings
 
@@ -129,7 +93,7 @@ def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx
         bundle=cfg.bundle,
         source=str(video),
         camera_id=DEMO_CAMERA,
-        cloud=f"127.0.0.1:{grpc_port}",
+        cloud=grpc_target,
         rate_level=cfg.rate_level,
         max_fps=cfg.fps,
         max_frames=cfg.frames,
@@ -172,7 +136,7 @@ def _run_edge_rest_view(cfg: DemoConfig, video: Path, grpc_port: int, api: httpx
     print(f"      wrote {view_path} ({len(image)} bytes)")
 
     # 6. Rate against JPEG of the very same frames; fidelity against the full detector.
-    _print_rate(cfg, video, report.frame_bytes, detections)
+    _print_rate(cfg, video, report.frames, report.bytes_per_frame, detections)
 
 
 def _all_detections(api: httpx.Client) -> list[dict[str, Any]]:
@@ -202,7 +166,11 @@ def _wait_view(api: httpx.Client, view_id: str) -> dict[str, Any]:
 
 
 def _print_rate(
-    cfg: DemoConfig, video: Path, frame_bytes: list[int], received: list[dict[str, Any]]
+    cfg: DemoConfig,
+    video: Path,
+    frames: int,
+    ours: float,
+    received: list[dict[str, Any]],
 ) -> None:
     import cv2
 
@@ -224,10 +192,9 @@ def _print_rate(
         small = cv2.resize(frame.image, geometry.resized_size, interpolation=cv2.INTER_AREA)
         jpeg_full.append(len(cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
         jpeg_small.append(len(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
-    ours = sum(frame_bytes) / len(frame_bytes)
     small_kb = sum(jpeg_small) / len(jpeg_small)
     full_kb = sum(jpeg_full) / len(jpeg_full)
-    print(f"[6/7] bytes per frame over the same {len(frame_bytes)} frames ({w}x{h} source):")
+    print(f"[6/7] bytes per frame over the same {frames} frames ({w}x{h} source):")
     print(f"      fchm uniform codec, level {cfg.rate_level} (whole bitstream): {ours:10,.0f}")
     print(f"      JPEG q90 at the network's {info.input_size} px long side:  {small_kb:10,.0f}")
     print(f"      JPEG q90 at the source resolution:             {full_kb:10,.0f}")

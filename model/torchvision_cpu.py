@@ -35,7 +35,7 @@ def _nms(dets: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
 def ensure_torchvision_nms() -> None:
     global _LIB
-    if _LIB is not None or torch._C._dispatch_find_schema_or_throw is None:
+    if _LIB is not None:
         return
     try:
         torch._C._dispatch_find_schema_or_throw("torchvision::nms", "")

@@ -8,10 +8,11 @@ the whole edge → gRPC → cloud → REST path run on CPU in seconds.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from fchm import cloud_process
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -113,10 +114,7 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = cloud_process.free_port
 
 
 class RunningCloud:

@@ -8,17 +8,9 @@ harmless (idempotent replays), even from two writers at once.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from fchm.atomic_file import fsync_dir, write_atomically
 
 
 class LocalBlobStore:
@@ -42,24 +34,13 @@ class LocalBlobStore:
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 d.mkdir()
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         self._make_dirs(path.parent)
-        # A unique temp name per writer: two ingests of one replayed frame may overlap.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        # Two ingests of one replayed frame may overlap: unique temp names, same result.
+        write_atomically(path, data, durable_dir=True)
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()

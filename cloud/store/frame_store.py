@@ -181,8 +181,11 @@ class FrameStore:
         return None if row is None else FrameRecord(**row._mapping)
 
     def find_frame(self, camera_id: str, sequence: int) -> FrameRecord | None:
-        found = self._frame_id(camera_id, sequence)
-        return None if found is None else self.get_frame(found[0])
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(frames).where(frames.c.camera_id == camera_id, frames.c.sequence == sequence)
+            ).first()
+        return None if row is None else FrameRecord(**row._mapping)
 
     def list_frames(
         self,

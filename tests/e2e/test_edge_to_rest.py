@@ -2,9 +2,7 @@
 of real images → detections over REST → a human view PNG."""
 
 import io
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +12,8 @@ import httpx
 from PIL import Image
 
 from codec.bundle import Bundle
-from tests.conftest import free_port, sample_images
+from fchm.cloud_process import CloudProcess
+from tests.conftest import sample_images
 
 
 def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> None:
@@ -22,30 +21,13 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
     frames.mkdir()
     for i, path in enumerate(sample_images() * 2):
         shutil.copy(path, frames / f"{i:03d}{path.suffix}")
-    grpc_port, http_port = free_port(), free_port()
-    env = {**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"}
-    log = (tmp_path / "cloud.log").open("w")  # a file, not a pipe nobody drains
-    cloud = subprocess.Popen(
-        [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(tiny_bundle.path),
-         "--data-dir", str(tmp_path / "cloud"), "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    api = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10)
+    cloud = CloudProcess(tiny_bundle.path, tmp_path / "cloud", log=tmp_path / "cloud.log")
+    cloud.start()
+    api = httpx.Client(base_url=cloud.http_base, timeout=10)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert cloud.poll() is None, (tmp_path / "cloud.log").read_text()
-            try:
-                if api.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "cloud not ready after 60 s"
-            time.sleep(0.2)
         edge = subprocess.run(
             [sys.executable, "-m", "fchm", "edge", "run", "--source", str(frames),
-             "--camera", "gate-1", "--cloud", f"127.0.0.1:{grpc_port}", "--rate", "6",
+             "--camera", "gate-1", "--cloud", cloud.grpc_target, "--rate", "6",
              "--bundle", str(tiny_bundle.path), "--spool-dir", str(tmp_path / "spool")],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -78,6 +60,4 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         assert png.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(png.content)).size == sizes[min(sizes)]
     finally:
-        cloud.send_signal(signal.SIGTERM)
-        assert cloud.wait(timeout=30) == 0
-        log.close()
+        assert cloud.stop() == 0

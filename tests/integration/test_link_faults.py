@@ -25,7 +25,8 @@ from edge.frame_encoder import FrameEncoder
 from edge.sources import CapturedFrame
 from edge.spool import Spool
 from edge.uplink import Uplink, UplinkListener
-from tests.conftest import RunningCloud, free_port, sample_images
+from fchm.cloud_process import CloudProcess
+from tests.conftest import RunningCloud, sample_images
 from tests.tcp_proxy import TcpProxy
 
 
@@ -105,23 +106,7 @@ def test_twenty_link_cuts_during_2000_frames_lose_and_duplicate_nothing(
 def test_cloud_sigkill_and_restart_loses_no_acked_frame(
     tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
-    grpc_port, http_port = free_port(), free_port()
-    command = [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(tiny_bundle.path),
-               "--data-dir", str(tmp_path / "cloud"), "--grpc-port", str(grpc_port),
-               "--http-port", str(http_port)]  # fmt: skip
-    env = {**os.environ, "FCHM_CLOUD_ONNX_THREADS": "1"}
-
-    def start_cloud() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("cloud did not become ready")
+    cloud = CloudProcess(tiny_bundle.path, tmp_path / "cloud")
 
     class Acks(UplinkListener):
         def __init__(self) -> None:
@@ -135,25 +120,23 @@ def test_cloud_sigkill_and_restart_loses_no_acked_frame(
     data = bitstreams(tiny_bundle)
     acks = Acks()
     spool = Spool(tmp_path / "spool", max_bytes=1 << 30, max_age_s=3600)
-    uplink = make_uplink(spool, tiny_bundle, grpc_port, "kill-cam", acks)
-    cloud = start_cloud()
+    uplink = make_uplink(spool, tiny_bundle, cloud.grpc_port, "kill-cam", acks)
+    cloud.start()
     uplink.start()
     try:
         sent = [spool.append(time.time_ns(), *data[i % len(data)]) for i in range(300)]
         deadline = time.monotonic() + 60
         while len(acks.sequences) < 100 and time.monotonic() < deadline:
             time.sleep(0.005)
-        cloud.send_signal(signal.SIGKILL)
-        cloud.wait(10)
+        cloud.kill()
         with acks.lock:
             acked_before_kill = list(acks.sequences)
         assert 100 <= len(acked_before_kill) < 300, "the kill should land mid-stream"
-        cloud = start_cloud()
+        cloud.start()  # same ports, same data
         assert uplink.stop(flush_timeout_s=120), f"{spool.frames} frames still spooled"
-        stored = stored_sequences(f"http://127.0.0.1:{http_port}", "kill-cam")
+        stored = stored_sequences(cloud.http_base, "kill-cam")
     finally:
-        cloud.send_signal(signal.SIGTERM)
-        cloud.wait(30)
+        cloud.stop()
     assert set(acked_before_kill) <= set(stored), "an acknowledged frame was lost"
     assert len(stored) == len(set(stored)) == 300
     assert sorted(stored) == sent

@@ -253,7 +253,9 @@ def test_workers_wait_for_jobs_submitted_from_another_thread(env: ViewEnv) -> No
     async def wait_and_stop() -> ViewRecord | None:
         tasks = await start_view_workers(env.services(), env.decoder, 2, threads=1)
         try:
-            await asyncio.sleep(0.1)  # workers are now parked in queue.get()
+            async with asyncio.timeout(30):  # both workers parked in queue.get()
+                while env.queue.idle_workers() < 2:
+                    await asyncio.sleep(0.01)
             job = await asyncio.to_thread(env.queue.submit, env.samples[1].frame_id, "preview")
             async with asyncio.timeout(30):
                 while (view := env.store.get_view(job.id)) is None or view.status not in FINISHED:

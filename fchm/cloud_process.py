@@ -1,0 +1,102 @@
+"""``fchm cloud serve`` as a child process on loopback: for the demo, the benchmarks,
+and the tests that must kill and restart a real cloud.
+
+    CloudProcess(bundle, data_dir).start() ─► spawn ─► poll /readyz ─► ready
+                                   .kill() (SIGKILL) / .stop() (SIGTERM, exit code)
+
+Ports are picked once, so a restarted cloud comes back where its edges expect it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CloudProcess:
+    def __init__(
+        self,
+        bundle: Path,
+        data_dir: Path,
+        log: Path | None = None,
+        onnx_threads: int = 1,
+    ) -> None:
+        self.bundle, self.data_dir, self.log = bundle, data_dir, log
+        self.grpc_port, self.http_port = free_port(), free_port()
+        # On a small machine the cloud shares the cores with an edge: one ORT thread.
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "FCHM_CLOUD_ONNX_THREADS": str(onnx_threads)}  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 120) -> CloudProcess:
+        out = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(self.bundle),
+             "--data-dir", str(self.data_dir), "--grpc-port", str(self.grpc_port),
+             "--http-port", str(self.http_port)],
+            stdout=out, stderr=subprocess.STDOUT, env=self.env,
+        )  # fmt: skip
+        if self.log is not None:
+            out.close()  # type: ignore[union-attr]  # the child holds its own handle
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                tail = self.log.read_text()[-2000:] if self.log is not None else ""
+                raise RuntimeError(f"cloud exited with {self.process.returncode}\n{tail}")
+            try:
+                if httpx.get(f"{self.http_base}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cloud not ready after {timeout_s:g} s")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, as a crash or a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM and the exit code (-9 if it had to be killed)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def __enter__(self) -> CloudProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
