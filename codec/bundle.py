@@ -2,9 +2,10 @@
 
     bundle/
       manifest.json   detector facts, codec, file roles and their sha256
-      encoder.onnx    detector layers 0..split (edge)
+      encoder.onnx    detector layers 0..split [+ learned analysis] (edge)
       codec.npz       quantizer statistics + integer entropy tables (edge + cloud)
-      tail.onnx       detector layers split+1..Detect (cloud)
+      tail.onnx       [learned synthesis +] detector layers split+1..Detect (cloud)
+      detector.onnx   the plain detector, evaluation's reference (learned bundles)
       preview.onnx    features → RGB preview for the human view (cloud)
 
 The bundle hash is the sha256 of manifest.json, which pins every file's hash, so
@@ -41,7 +42,9 @@ class DetectorInfo(BaseModel):
     pad_multiple: int = Field(
         32, description="Network input sides are padded to a multiple of this"
     )
-    channels: int = Field(description="Channels of the split tensor")
+    channels: int = Field(
+        description="Channels of the coded tensor: the split tensor, or the learned latent"
+    )
 
 
 class Manifest(BaseModel):

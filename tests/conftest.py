@@ -114,6 +114,36 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     )
 
 
+def train_tiny_bottleneck(weights: Path, out: Path, steps: int = 2, **overrides):  # type: ignore[no-untyped-def]
+    """A few real optimizer steps on real images: enough for a valid checkpoint."""
+    from model.train import TrainConfig, train
+
+    images = sample_images()[0].parent
+    settings = {"batch": 2, "crop": 64, "checkpoint_every": 1, **overrides}
+    cfg = TrainConfig(
+        weights=weights, out=out, data=[images], use_packaged=False, steps=steps, **settings
+    )
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_learned_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from model.learned_export import LearnedExportConfig, export_learned_bundle
+
+    root = tmp_path_factory.mktemp("learned")
+    report = train_tiny_bottleneck(tiny_checkpoint, root / "tiny-fchm.pt")
+    return export_learned_bundle(
+        LearnedExportConfig(
+            checkpoint=report.checkpoint,
+            weights=tiny_checkpoint,
+            out=root / "bundle",
+            input_size=320,
+            fit_images=sample_images(),
+            max_fit_images=2,
+        )
+    )
+
+
 free_port = cloud_process.free_port
 
 

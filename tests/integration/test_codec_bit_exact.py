@@ -11,14 +11,14 @@ from edge.sources import open_source
 from tests.conftest import sample_images
 
 
-def frames_of_a_real_video(n: int):  # type: ignore[no-untyped-def]
+def frames_of_a_real_video(n: int, fps: float = 5.0):  # type: ignore[no-untyped-def]
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.find_spec("iscc_samples")
     assert spec is not None and spec.origin is not None
     video = Path(spec.origin).parent / "files" / "video" / "demo.mp4"
-    return open_source(str(video), max_fps=5.0, max_frames=n)
+    return open_source(str(video), max_fps=fps, max_frames=n)
 
 
 def test_edge_encode_cloud_decode_is_bit_exact(tiny_bundle: Bundle) -> None:

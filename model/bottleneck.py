@@ -1,0 +1,261 @@
+"""The learned bottleneck between the detector's split tensor and its tail.
+
+    split features f (B,Cf,H/8,W/8)
+        │  analysis: two stride-2 convs + a residual block         (edge, inside encoder.onnx)
+        ▼
+    latent y (B,C,H/32,W/32)
+        │  × gain[level]  ─►  round  ─►  integer symbols q        (edge, numpy)
+        │                        └─► entropy model: per-channel logistic mixture p(y),
+        │                            P(q | gain) = F((q+½)/g) − F((q−½)/g)  → integer tables
+        │  × inverse_gain[level]
+        ▼
+    ŷ ─► synthesis: pixel-shuffle upsampling, residual blocks ─► f̂ (B,Cf,H/8,W/8)  (cloud)
+
+Variable rate is gain vectors (Cui et al., "Asymmetric Gained Deep Image
+Compression With Continuous Rate Adaptation", CVPR 2021): one network, a learned
+per-channel gain and inverse gain per rate level, and levels in between by
+geometric interpolation of neighbouring gains. We pick gains over the paper's
+implicit variable normalization because they leave the analysis transform (the
+edge's compute) untouched by the rate, cost C numbers per level, and make the
+entropy model exact at every gain: the density is learned for the *ungained*
+latent, so the table for any gain — trained or interpolated — is that density
+rescaled, with no retraining.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    feature_channels: int
+    """Channels of the detector's split tensor."""
+    latent_channels: int = 64
+    hidden_channels: int = 96
+    synthesis_channels: int = 128
+    num_levels: int = 8
+    """Trained anchor rate levels, coarsest first."""
+    min_gain: float = 0.5
+    max_gain: float = 8.0
+    mixture: int = 3
+    """Logistic components per channel in the entropy model."""
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.1))
+
+
+class FeatureStats(nn.Module):
+    """Per-channel mean and scale of the split tensor, measured on training data:
+    the transforms work on normalized features, which trains far faster."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("scale", torch.ones(1, channels, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.mean
+
+
+class Analysis(nn.Module):
+    """f → y: stride 4 on the split tensor, kept small because it runs on the edge.
+
+    A linear patch projection (initialized to PCA, see ``init_pca``) plus a
+    nonlinear branch that starts at zero: training starts from the best linear
+    code instead of from noise, which matters when it runs for hours, not days.
+    """
+
+    def __init__(self, cfg: BottleneckConfig) -> None:
+        super().__init__()
+        self.stats = FeatureStats(cfg.feature_channels)
+        h = cfg.hidden_channels
+        self.project = nn.Conv2d(cfg.feature_channels, cfg.latent_channels, 4, stride=4)
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.feature_channels, h, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.1),
+            ResBlock(h),
+            nn.Conv2d(h, cfg.latent_channels, 3, stride=2, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.stats.normalize(features)
+        return self.project(x) + self.net(x)
+
+
+class Synthesis(nn.Module):
+    """ŷ → f̂: back to the split tensor's shape for the frozen detector tail (cloud)."""
+
+    def __init__(self, cfg: BottleneckConfig) -> None:
+        super().__init__()
+        s, c = cfg.synthesis_channels, cfg.feature_channels
+        self.stats = FeatureStats(c)
+        self.unproject = nn.ConvTranspose2d(cfg.latent_channels, c, 4, stride=4)
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.latent_channels, s, 3, padding=1),
+            nn.LeakyReLU(0.1),
+            ResBlock(s),
+            nn.Conv2d(s, s * 4, 3, padding=1),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(0.1),
+            ResBlock(s),
+            nn.Conv2d(s, c * 4, 3, padding=1),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(0.1),
+            ResBlock(c),
+            nn.Conv2d(c, c, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.stats.denormalize(self.unproject(latent) + self.net(latent))
+
+
+class LogisticMixtureDensity(nn.Module):
+    """Per-channel density of the ungained latent: a mixture of K logistics.
+
+    ``likelihood(z, gain)`` is the probability of the integer bin around z = y·gain,
+    i.e. F((z+½)/g) − F((z−½)/g) with F the mixture's CDF.
+    """
+
+    def __init__(self, channels: int, mixture: int) -> None:
+        super().__init__()
+        spread = torch.linspace(-1.0, 1.0, mixture) if mixture > 1 else torch.zeros(1)
+        self.logits = nn.Parameter(torch.zeros(channels, mixture))
+        self.means = nn.Parameter(spread.repeat(channels, 1) * 0.5)
+        self.log_scales = nn.Parameter(torch.zeros(channels, mixture) + spread.abs()[None] * -1)
+
+    def cdf(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,C,H,W) → F(x) per element, mixing over the last (added) axis."""
+        w = torch.softmax(self.logits, -1)[None, :, None, None, :]
+        mu = self.means[None, :, None, None, :]
+        inv_s = torch.exp(-self.log_scales)[None, :, None, None, :]
+        return (w * torch.sigmoid((x[..., None] - mu) * inv_s)).sum(-1)
+
+    def likelihood(self, z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        upper = self.cdf((z + 0.5) / gain)
+        lower = self.cdf((z - 0.5) / gain)
+        return (upper - lower).clamp_min(1e-9)
+
+    @torch.no_grad()
+    def bin_probabilities(self, gains: np.ndarray, radius: int) -> np.ndarray:
+        """(levels, C, 2r+2) float64: P(q) for q in −r..r, then the tail mass (the escape)."""
+        w = torch.softmax(self.logits.double(), -1).numpy()  # (C,K)
+        mu = self.means.double().numpy()
+        s = np.exp(self.log_scales.double().numpy())
+        q = np.arange(-radius, radius + 1, dtype=np.float64)
+        edges = np.concatenate([q - 0.5, [radius + 0.5]])  # (2r+2,)
+        out = np.empty((gains.shape[0], gains.shape[1], 2 * radius + 2))
+        for level, g in enumerate(gains.astype(np.float64)):
+            x = edges[None, :, None] / g[:, None, None]  # (C, E, 1)
+            cdf = (w[:, None, :] / (1.0 + np.exp(-(x - mu[:, None, :]) / s[:, None, :]))).sum(-1)
+            bins = np.diff(cdf, axis=-1)
+            escape = 1.0 - bins.sum(-1, keepdims=True)
+            out[level] = np.concatenate([bins, np.clip(escape, 0.0, None)], axis=-1)
+        return out
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass(frozen=True)
+class BottleneckOutput:
+    features: torch.Tensor
+    """f̂, the synthesized split tensor"""
+    bits: torch.Tensor
+    """(B,) estimated bits of each sample's latent"""
+
+
+class FeatureBottleneck(nn.Module):
+    def __init__(self, cfg: BottleneckConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.analysis = Analysis(cfg)
+        self.synthesis = Synthesis(cfg)
+        self.density = LogisticMixtureDensity(cfg.latent_channels, cfg.mixture)
+        ramp = torch.linspace(math.log(cfg.min_gain), math.log(cfg.max_gain), cfg.num_levels)
+        self.log_gains = nn.Parameter(ramp[:, None].repeat(1, cfg.latent_channels))
+        self.log_inverse_gains = nn.Parameter(-ramp[:, None].repeat(1, cfg.latent_channels))
+
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Measure the split tensor's per-channel statistics (B,C,H,W) before training."""
+        mean = features.mean(dim=(0, 2, 3), keepdim=True)
+        scale = features.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+        for stats in (self.analysis.stats, self.synthesis.stats):
+            stats.mean.copy_(mean)
+            stats.scale.copy_(scale)
+        self.init_pca((features - mean) / scale)
+
+    @torch.no_grad()
+    def init_pca(self, normalized: torch.Tensor) -> None:
+        """Linear branches := PCA of 4x4 feature patches, whitened so that every latent
+        channel starts with unit variance (the gains then set each one's precision)."""
+        c, k = self.cfg.feature_channels, self.cfg.latent_channels
+        patches = F.unfold(normalized, 4, stride=4).transpose(1, 2).reshape(-1, c * 16)
+        cov = patches.T.double() @ patches.double() / len(patches)
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+        top = eigvecs[:, -k:].flip(-1).T.float()  # (k, c*16), largest first
+        std = eigvals[-k:].flip(-1).clamp_min(0.0).sqrt().float()
+        std = std.clamp_min(
+            1e-2 * float(std[0]) + 1e-6
+        )  # few patches: no blow-up on null directions
+        a, s = self.analysis.project, self.synthesis.unproject
+        a.weight.copy_((top / std[:, None]).reshape(k, c, 4, 4))
+        s.weight.copy_((top * std[:, None]).reshape(k, c, 4, 4))
+        for bias in (a.bias, s.bias):
+            if bias is not None:
+                bias.zero_()
+
+    def gains_at(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous levels (B,) in [0, L−1] → (gain, inverse gain), each (B,C,1,1).
+
+        Between anchors the log-gains are linearly interpolated (geometric in gain).
+        """
+        low = level.floor().long().clamp(0, self.cfg.num_levels - 1)
+        high = (low + 1).clamp(max=self.cfg.num_levels - 1)
+        t = (level - low.to(level.dtype))[:, None]
+        log_g = torch.lerp(self.log_gains[low], self.log_gains[high], t)
+        log_ig = torch.lerp(self.log_inverse_gains[low], self.log_inverse_gains[high], t)
+        return log_g.exp()[..., None, None], log_ig.exp()[..., None, None]
+
+    def forward(self, features: torch.Tensor, level: torch.Tensor) -> BottleneckOutput:
+        y = self.analysis(features)
+        gain, inverse_gain = self.gains_at(level)
+        z = y * gain
+        # Rate from the noisy relaxation; the synthesis sees truly rounded symbols.
+        noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
+        bits = -torch.log2(self.density.likelihood(noisy, gain)).sum(dim=(1, 2, 3))
+        decoded = self.synthesis(round_ste(z) * inverse_gain)
+        return BottleneckOutput(decoded, bits)
+
+    def level_gains(self, sublevels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Deployed rate levels: every anchor plus ``sublevels − 1`` interpolated
+        levels between neighbours; (levels, C) gains and inverse gains, coarsest first."""
+        n = self.cfg.num_levels
+        grid = torch.linspace(0, n - 1, (n - 1) * sublevels + 1)
+        with torch.no_grad():
+            g, ig = self.gains_at(grid)
+        return g[:, :, 0, 0].numpy().astype(np.float32), ig[:, :, 0, 0].numpy().astype(np.float32)

@@ -1,0 +1,261 @@
+"""``fchm model train``: distil the learned bottleneck from the frozen detector.
+
+    crops ─► detector layers 0..k (frozen) ─► f ─┬─► tail (frozen) ──────────► teacher outputs
+                                                 └─► bottleneck(level) ─► f̂ ─► tail ─► student
+    level ~ U[0, L−1] per sample (anchors and the space between them)
+    loss  = distortion(student, teacher) + λ(level) · bpp      (model/distillation.py)
+
+Only the bottleneck learns (analysis, synthesis, entropy model, gains). One
+checkpoint file holds everything to resume: weights, optimizer, step, RNG states
+and the configuration; ``fchm model export --checkpoint`` turns it into a bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from codec.bundle import file_sha256
+from fchm.atomic_file import write_atomically
+from model.bottleneck import BottleneckConfig, FeatureBottleneck
+from model.detector_split import EncoderHalf, check_split, load_detector, split_stride
+from model.distillation import TrainableTail, distortion
+from model.training_data import CropStream, load_pool
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    weights: Path
+    out: Path
+    """Checkpoint file written (and resumed from)."""
+    data: list[Path] = field(default_factory=list)
+    use_packaged: bool = True
+    split_layer: int = 4
+    steps: int = 3000
+    batch: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    num_levels: int = 8
+    latent_channels: int = 64
+    lambda_max: float = 32.0
+    """λ at the coarsest level (rate matters most)."""
+    lambda_min: float = 0.5
+    detection_weight: float = 1.0
+    rate_warmup: float = 0.3
+    """Fraction of the steps over which λ ramps up from 2% to its full value: the
+    transforms first learn to carry information, then to carry less of it."""
+    checkpoint_every: int = 200
+    resume: bool = False
+    num_classes: int | None = None
+    """Only for .yaml architectures (random weights)."""
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    if not cfg.weights.is_file():
+        raise FileNotFoundError(f"weights: {cfg.weights} does not exist")
+    if cfg.crop % 32 or cfg.crop < 64:
+        raise ValueError(f"crop must be a multiple of 32 and ≥ 64, got {cfg.crop}")
+    if cfg.steps < 1 or cfg.batch < 1:
+        raise ValueError(f"steps and batch must be ≥ 1, got {cfg.steps} and {cfg.batch}")
+    if cfg.num_levels < 2:
+        raise ValueError(f"num_levels must be ≥ 2, got {cfg.num_levels}")
+    if not 0 < cfg.lambda_min < cfg.lambda_max:
+        raise ValueError(
+            f"need 0 < lambda_min < lambda_max, got {cfg.lambda_min}, {cfg.lambda_max}"
+        )
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device}: CUDA is not available here")
+    if cfg.resume and not cfg.out.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {cfg.out}")
+    if cfg.resume and "optimizer" not in load_checkpoint(cfg.out):
+        raise ValueError(f"--resume: {cfg.out} is a slim (weights-only) checkpoint")
+
+
+def lambdas_at(level: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """λ falls geometrically from lambda_max (level 0) to lambda_min (top level)."""
+    t = level / (cfg.num_levels - 1)
+    return torch.exp(
+        math.log(cfg.lambda_max) + t * (math.log(cfg.lambda_min) - math.log(cfg.lambda_max))
+    )
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    last: dict[str, float]
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
+    # 1. Check inputs, seed everything.
+    check_inputs(cfg)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = torch.device(cfg.device)
+
+    # 2. The frozen detector, split; the bottleneck to train.
+    detector = load_detector(cfg.weights, cfg.num_classes)
+    check_split(detector, cfg.split_layer)
+    _, channels = split_stride(detector, cfg.split_layer)
+    encoder = EncoderHalf(detector, cfg.split_layer).to(device).eval()
+    tail = TrainableTail(detector, cfg.split_layer).to(device)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    reg_max = int(getattr(tail.head, "reg_max", 16))
+    model_cfg = BottleneckConfig(channels, cfg.latent_channels, num_levels=cfg.num_levels)
+    model = FeatureBottleneck(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
+        ),
+    )
+
+    # 3. Resume: weights, optimizer, schedule and RNG where the checkpoint left off.
+    step = 0
+    if cfg.resume:
+        state = load_checkpoint(cfg.out)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        log.info("resumed %s at step %d", cfg.out, step)
+
+    # 4. Data: augmented crops of real images; the stream's seed moves with the step so
+    #    a resumed run does not replay the crops it has already seen.
+    pool = load_pool(cfg.data, cfg.use_packaged)
+    loader = iter(
+        torch.utils.data.DataLoader(
+            CropStream(pool, cfg.crop, cfg.seed + step), batch_size=cfg.batch
+        )
+    )
+
+    # 5. Fresh runs measure the split tensor's statistics on a few batches first.
+    if step == 0:
+        with torch.no_grad():
+            model.set_feature_stats(torch.cat([encoder(next(loader).to(device)) for _ in range(4)]))
+
+    # 6. The loop: teacher, student, loss, step; checkpoints as it goes.
+    detector_sha = file_sha256(cfg.weights)
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=not progress,
+        desc="train",
+        unit="step",
+        mininterval=2.0,
+    )
+    model.train()
+    while step < cfg.steps:
+        images = next(loader).to(device)
+        with torch.no_grad():
+            f = encoder(images)
+            teacher = tail(f)
+        level = torch.rand(images.shape[0], device=device) * (cfg.num_levels - 1)
+        out = model(f, level)
+        student = tail(out.features)
+        terms = distortion(out.features, f, student, teacher, reg_max, cfg.detection_weight)
+        bpp = out.bits / (images.shape[2] * images.shape[3])
+        ramp = min(1.0, 0.02 + step / max(1.0, cfg.rate_warmup * cfg.steps))
+        loss = (terms.total + ramp * lambdas_at(level, cfg) * bpp).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        last = {
+            "loss": loss.item(),
+            "feature": terms.feature.mean().item(),
+            "neck": terms.neck.mean().item(),
+            "detection": terms.detection.mean().item(),
+            "bpp": bpp.mean().item(),
+        }
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(cfg, model, optimizer, schedule, step, detector_sha, last)
+    bar.close()
+    return TrainReport(cfg.out, step, time.perf_counter() - started, last)
+
+
+def save_checkpoint(
+    cfg: TrainConfig,
+    model: FeatureBottleneck,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    detector_sha: str,
+    metrics: dict[str, float],
+) -> None:
+    import io
+
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "bottleneck": asdict(model.cfg),
+        "train": {k: str(v) if isinstance(v, Path | list) else v for k, v in asdict(cfg).items()},
+        "detector_sha256": detector_sha,
+        "split_layer": cfg.split_layer,
+        "step": step,
+        "metrics": metrics,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(cfg.out, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has version {state.get('version')}, need {CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+def load_bottleneck(path: Path) -> tuple[FeatureBottleneck, dict[str, Any]]:
+    """The trained bottleneck (eval mode) and its checkpoint's metadata."""
+    state = load_checkpoint(path)
+    model = FeatureBottleneck(BottleneckConfig(**state["bottleneck"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def slim_checkpoint(src: Path, dst: Path) -> None:
+    """The checkpoint without optimizer state (export reads it; training cannot resume
+    from it): what ships in the repository."""
+    import io
+
+    state = load_checkpoint(src)
+    for key in ("optimizer", "schedule", "torch_rng"):
+        state.pop(key, None)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(dst, buffer.getvalue())

@@ -1,0 +1,99 @@
+"""The learned codec end to end on tiny real parts: train → checkpoint → resume →
+export → ONNX Runtime encode on the edge path → cloud decode, bit-exact."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cloud.detector_tail import DetectorTail
+from cloud.frame_decoder import FrameDecoder
+from codec.bundle import Bundle
+from codec.feature_codec import GainedFeatureCodec
+from edge.frame_encoder import FrameEncoder
+from edge.preprocess import letterbox
+from model.learned_export import LearnedExportConfig, export_learned_bundle
+from model.train import load_checkpoint
+from tests.conftest import sample_images, train_tiny_bottleneck
+from tests.integration.test_codec_bit_exact import frames_of_a_real_video
+
+
+def test_training_is_seeded_checkpointed_and_resumable(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    a = train_tiny_bottleneck(tiny_checkpoint, tmp_path / "a.pt", steps=2)
+    b = train_tiny_bottleneck(tiny_checkpoint, tmp_path / "b.pt", steps=2)
+    sa, sb = load_checkpoint(a.checkpoint), load_checkpoint(b.checkpoint)
+    assert sa["step"] == 2 and all(np.isfinite(v) for v in a.last.values())
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), f"{key} differs between seeded runs"
+    resumed = train_tiny_bottleneck(tiny_checkpoint, tmp_path / "a.pt", steps=3, resume=True)
+    assert resumed.steps == 3 and load_checkpoint(a.checkpoint)["step"] == 3
+    with pytest.raises(ValueError, match="crop must be a multiple of 32"):
+        train_tiny_bottleneck(tiny_checkpoint, tmp_path / "c.pt", crop=50)
+
+
+def test_learned_bundle_layout(tiny_learned_bundle: Bundle) -> None:
+    m = tiny_learned_bundle.manifest
+    assert m.codec == "learned" and m.num_levels == 15  # 8 anchors + 7 interpolated
+    assert {"encoder", "tail", "codec", "preview", "detector"} <= set(m.files)
+    assert m.detector.stride == 32 and m.detector.channels == 64
+    codec = tiny_learned_bundle.load_codec()
+    assert isinstance(codec, GainedFeatureCodec)
+    expected = [codec.expected_bytes(lv, (64, 10, 10)) for lv in range(codec.num_levels)]
+    assert expected == sorted(expected), "finer levels cost more"
+
+
+def test_export_refuses_a_checkpoint_of_other_weights(
+    tiny_learned_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import build_tiny_checkpoint
+
+    other = build_tiny_checkpoint(tmp_path / "other.pt", class_bias=-2.0)
+    checkpoint = tmp_path / "c.pt"
+    train_tiny_bottleneck(tiny_checkpoint, checkpoint, steps=1)
+    with pytest.raises(ValueError, match="other detector weights"):
+        export_learned_bundle(LearnedExportConfig(checkpoint, other, tmp_path / "out"))
+
+
+def test_ort_encode_cloud_decode_bit_exact_on_1000_frames(tiny_learned_bundle: Bundle) -> None:
+    encoder = FrameEncoder(tiny_learned_bundle)
+    decoder = FrameDecoder(tiny_learned_bundle)
+    tail = DetectorTail(tiny_learned_bundle, threads=1)
+    codec = decoder.codec
+    assert isinstance(codec, GainedFeatureCodec)
+    info = tiny_learned_bundle.manifest.detector
+    frames = mismatches = detections = 0
+    for i, frame in enumerate(frames_of_a_real_video(1000, fps=1000.0)):
+        level = i % codec.num_levels
+        encoded = encoder.encode(frame, level)
+        image, _ = letterbox(frame.image, info.input_size, info.pad_multiple)
+        sent = codec.quantize(encoder.backend(image), level)  # what the edge coded
+        decoded = decoder.decode(encoded.bitstream)
+        received = codec.tables.decode(
+            decoded.bitstream.payload, level, decoded.bitstream.latent_shape
+        )
+        mismatches += int(np.count_nonzero(sent != received))
+        np.testing.assert_array_equal(decoded.features, codec.dequantize(received, level))
+        if i % 100 == 0:  # the cloud's tail runs on what it decoded
+            detections += len(tail(decoded.features, decoded.geometry))
+        frames += 1
+    assert frames == 1000
+    assert mismatches == 0
+    assert detections >= 0
+
+
+def test_preview_runs_on_the_decoded_latent(tiny_learned_bundle: Bundle) -> None:
+    import cv2
+
+    from cloud.restorers import RESTORERS
+
+    decoder = FrameDecoder(tiny_learned_bundle)
+    encoder = FrameEncoder(tiny_learned_bundle)
+    from edge.sources import CapturedFrame
+
+    original = cv2.imread(str(sample_images()[0]))
+    decoded = decoder.decode(encoder.encode(CapturedFrame(0, 0, original), 7).bitstream)
+    image = RESTORERS["preview"](tiny_learned_bundle)(decoded)
+    assert image.shape == original.shape and image.dtype == np.uint8
