@@ -77,6 +77,13 @@ class FeatureStats(nn.Module):
         return x * self.scale + self.mean
 
 
+def _zero_last_conv(net: nn.Sequential) -> None:
+    """The nonlinear branch starts as zero, so training starts from the linear code."""
+    last = net[-1]
+    assert isinstance(last, nn.Conv2d)
+    nn.init.zeros_(last.weight)
+
+
 class Analysis(nn.Module):
     """f → y: stride 4 on the split tensor, kept small because it runs on the edge.
 
@@ -96,7 +103,7 @@ class Analysis(nn.Module):
             ResBlock(h),
             nn.Conv2d(h, cfg.latent_channels, 3, stride=2, padding=1),
         )
-        nn.init.zeros_(self.net[-1].weight)
+        _zero_last_conv(self.net)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.stats.normalize(features)
@@ -125,7 +132,7 @@ class Synthesis(nn.Module):
             ResBlock(c),
             nn.Conv2d(c, c, 3, padding=1),
         )
-        nn.init.zeros_(self.net[-1].weight)
+        _zero_last_conv(self.net)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.stats.denormalize(self.unproject(latent) + self.net(latent))

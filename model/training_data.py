@@ -134,7 +134,7 @@ class CropStream(torch.utils.data.IterableDataset[torch.Tensor]):
             # Low-resolution cameras, upscaled to the network size: blur the detail away.
             factor = rng.uniform(1.5, 4.0)
             small = cv2.resize(out, (max(8, int(s / factor)),) * 2, interpolation=cv2.INTER_AREA)
-            out = cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR)
+            out = np.asarray(cv2.resize(small, (s, s), interpolation=cv2.INTER_LINEAR), np.float64)
         gain = rng.uniform(0.7, 1.3, size=3 if rng.random() < 0.5 else 1)
         out = (out - 128.0) * rng.uniform(0.7, 1.3) + 128.0 * rng.uniform(0.8, 1.2)
         out = np.clip(out * gain, 0, 255) / 255.0
