@@ -12,6 +12,7 @@ and the configuration; ``fchm model export --checkpoint`` turns it into a bundle
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -207,12 +208,13 @@ def save_checkpoint(
     detector_sha: str,
     metrics: dict[str, float],
 ) -> None:
-    import io
-
     state = {
         "version": CHECKPOINT_VERSION,
         "bottleneck": asdict(model.cfg),
-        "train": {k: str(v) if isinstance(v, Path | list) else v for k, v in asdict(cfg).items()},
+        "train": {
+            k: [str(p) for p in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+            for k, v in asdict(cfg).items()
+        },
         "detector_sha256": detector_sha,
         "split_layer": cfg.split_layer,
         "step": step,
@@ -222,10 +224,15 @@ def save_checkpoint(
         "schedule": schedule.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
+    _write_state(state, cfg.out)
+
+
+def _write_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save, atomically: a crash mid-write never leaves half a checkpoint."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(cfg.out, buffer.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -250,12 +257,7 @@ def load_bottleneck(path: Path) -> tuple[FeatureBottleneck, dict[str, Any]]:
 def slim_checkpoint(src: Path, dst: Path) -> None:
     """The checkpoint without optimizer state (export reads it; training cannot resume
     from it): what ships in the repository."""
-    import io
-
     state = load_checkpoint(src)
     for key in ("optimizer", "schedule", "torch_rng"):
         state.pop(key, None)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(dst, buffer.getvalue())
+    _write_state(state, dst)
