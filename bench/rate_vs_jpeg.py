@@ -43,6 +43,10 @@ def _points(rows: list[EvalRow], codec: str) -> list[tuple[float, float]]:
     ]
 
 
+def _bytes(n: float | None) -> str:
+    return "never reaches it" if n is None else f"{n:,.0f} B"
+
+
 def targets(result: EvalResult, bundle: Path, shipped: Path | None) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for the learned codec's goals, from one eval run."""
     rows = list(result.rows)
@@ -67,7 +71,8 @@ def targets(result: EvalResult, bundle: Path, shipped: Path | None) -> list[tupl
         out.append(
             (
                 f"≥ 10x fewer bytes than JPEG at mAP50 {t}",
-                f"JPEG {j} B, FCHM {f} B" + ("" if ratio is None else f", ratio {ratio:.1f}x"),
+                f"JPEG {_bytes(j)}, FCHM {_bytes(f)}"
+                + ("" if ratio is None else f", {ratio:.1f}x"),
                 "n/a" if ratio is None else ("met" if ratio >= 10 else "missed"),
             )
         )

@@ -14,9 +14,9 @@ transforms live in the bundle's ONNX files and whose quantizer is gain vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, Self
 
 import numpy as np
 
@@ -98,6 +98,22 @@ class _TableCoded:
         q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
         return self.dequantize(q, encoded.rate_level)
 
+    def save(self, path: Path) -> None:
+        """codec.npz: each float32 field by name, plus the tables (freqs, radius)."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tables"}  # type: ignore[arg-type]
+        np.savez(path, **arrays, freqs=self.tables.freqs, radius=np.int32(self.tables.radius))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        with np.load(path) as z:
+            tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
+            arrays = {
+                f.name: z[f.name].astype(np.float32)
+                for f in fields(cls)  # type: ignore[arg-type]
+                if f.name != "tables"
+            }
+        return cls(**arrays, tables=tables)  # type: ignore[call-arg]  # subclasses are dataclasses
+
 
 @dataclass(frozen=True)
 class UniformFeatureCodec(_TableCoded):
@@ -121,27 +137,6 @@ class UniformFeatureCodec(_TableCoded):
     def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
         x = q.astype(np.float32) * self.steps[rate_level]
         return x * self.scale[:, None, None] + self.mean[:, None, None]
-
-    def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            mean=self.mean,
-            scale=self.scale,
-            steps=self.steps,
-            freqs=self.tables.freqs,
-            radius=np.int32(self.tables.radius),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> UniformFeatureCodec:
-        with np.load(path) as z:
-            tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
-            return cls(
-                z["mean"].astype(np.float32),
-                z["scale"].astype(np.float32),
-                z["steps"].astype(np.float32),
-                tables,
-            )
 
 
 @dataclass(frozen=True)
@@ -182,21 +177,6 @@ class GainedFeatureCodec(_TableCoded):
 
     def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray:
         return q.astype(np.float32) * self.inverse_gains[rate_level][:, None, None]
-
-    def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            gains=self.gains,
-            inverse_gains=self.inverse_gains,
-            freqs=self.tables.freqs,
-            radius=np.int32(self.tables.radius),
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> GainedFeatureCodec:
-        with np.load(path) as z:
-            tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
-            return cls(z["gains"].astype(np.float32), z["inverse_gains"].astype(np.float32), tables)
 
 
 CODECS: dict[str, type[UniformFeatureCodec] | type[GainedFeatureCodec]] = {

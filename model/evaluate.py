@@ -149,7 +149,8 @@ class _Tally:
         self.detections.append(dets)
 
 
-def check_inputs(cfg: EvalConfig) -> Bundle:
+def check_inputs(cfg: EvalConfig) -> tuple[Bundle, list[Bundle]]:
+    """The bundle and the --compare bundles, loaded (and hash-checked) once."""
     if cfg.images is None and cfg.video is None:
         raise EvalInputError("--images/--video: give a folder of images, a video, or both")
     if cfg.images is not None:
@@ -174,6 +175,7 @@ def check_inputs(cfg: EvalConfig) -> Bundle:
     except BundleError as exc:
         raise EvalInputError(f"--bundle: {exc}") from None
     families = {_family(bundle)}
+    others: list[Bundle] = []
     for path in cfg.compare:
         try:
             other = Bundle.load(path)
@@ -185,7 +187,8 @@ def check_inputs(cfg: EvalConfig) -> Bundle:
         if _family(other) in families:
             raise EvalInputError(f"--compare: {path} repeats the codec family {_family(other)}")
         families.add(_family(other))
-    return bundle
+        others.append(other)
+    return bundle, others
 
 
 def _family(bundle: Bundle) -> str:
@@ -195,13 +198,12 @@ def _family(bundle: Bundle) -> str:
 def evaluate(cfg: EvalConfig) -> EvalResult:
     # 1. Inputs, then the bundle's detector and codec as the edge and cloud run them.
     started = time.perf_counter()
-    bundle = check_inputs(cfg)
+    bundle, compared = check_inputs(cfg)
     info = bundle.manifest.detector
     detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads)
     features = FeaturePath(bundle, detector.scorer)
     others = []
-    for path in cfg.compare:
-        other = Bundle.load(path)
+    for other in compared:
         other_detector = FullDetector(other, cfg.conf, cfg.pred_conf, cfg.threads)
         other_path = FeaturePath(other, other_detector.scorer)
         others.append((_family(other), other_detector, other_path))
@@ -225,8 +227,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     for level in range(features.codec.num_levels):
         features(edge0, level)
     for _, other_detector, other_path in others:
+        other_edge0 = other_detector.encode(frames[0].image)
         for level in range(other_path.codec.num_levels):
-            other_path(other_detector.encode(frames[0].image), level)
+            other_path(other_edge0, level)
     for name in IMAGE_CODECS:
         code_image(name, frames[0].image, cfg.qualities[0])
 
