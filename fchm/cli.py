@@ -200,9 +200,29 @@ def model_train(
     steps: Annotated[int, typer.Option(help="Optimizer steps")] = 3000,
     batch: Annotated[int, typer.Option(help="Crops per step")] = 8,
     crop: Annotated[int, typer.Option(help="Crop side, pixels (multiple of 32)")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay)")] = 1e-3,
+    lr: Annotated[
+        float, typer.Option(help="Peak learning rate of gains and entropy model (cosine decay)")
+    ] = 5e-3,
+    learn_gains: Annotated[
+        bool,
+        typer.Option(
+            "--learn-gains",
+            help="Learn each level's gains from the detector instead of reverse water-filling",
+        ),
+    ] = False,
+    nonlinear: Annotated[
+        bool,
+        typer.Option(
+            "--nonlinear",
+            help="Also train conv branches beside the PCA transforms (needs far more data "
+            "than the packaged photos; add --rate-warmup 0.3)",
+        ),
+    ] = False,
+    rate_warmup: Annotated[
+        float, typer.Option(help="Fraction of the steps over which λ ramps in")
+    ] = 0.05,
     levels: Annotated[int, typer.Option(help="Trained anchor rate levels")] = 8,
-    latent_channels: Annotated[int, typer.Option(help="Channels of the coded latent")] = 64,
+    latent_channels: Annotated[int, typer.Option(help="Channels of the coded latent")] = 128,
     lambda_max: Annotated[float, typer.Option(help="Rate weight at the coarsest level")] = 32.0,
     lambda_min: Annotated[float, typer.Option(help="Rate weight at the finest level")] = 0.5,
     split_layer: Annotated[int, typer.Option(help="Last detector layer on the edge")] = 4,
@@ -229,6 +249,9 @@ def model_train(
             batch=batch,
             crop=crop,
             lr=lr,
+            learn_gains=learn_gains,
+            nonlinear=nonlinear,
+            rate_warmup=rate_warmup,
             seed=seed,
             device=device,
             num_levels=levels,

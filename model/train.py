@@ -5,7 +5,12 @@
     level ~ U[0, L−1] per sample (anchors and the space between them)
     loss  = distortion(student, teacher) + λ(level) · bpp      (model/distillation.py)
 
-Only the bottleneck learns (analysis, synthesis, entropy model, gains). One
+Only the bottleneck learns, and by default only its entropy model: the transforms stay
+the PCA they start as and the gains stay at reverse water-filling. Distilled on the ~30
+packaged photos, everything more overfits (README, "The learned codec"): ``learn_gains``
+also learns the per-level gains from the detector, ``nonlinear`` adds conv branches and
+trains the projections (at ``transform_lr_scale`` × lr); both are for users with far
+more data. One
 checkpoint file holds everything to resume: weights, optimizer, step, RNG states
 and the configuration; ``fchm model export --checkpoint`` turns it into a bundle.
 """
@@ -33,7 +38,7 @@ from model.training_data import CropStream, load_pool
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: configurable latent stride (patch), default 16 px
 
 
 @dataclass(frozen=True)
@@ -47,18 +52,26 @@ class TrainConfig:
     steps: int = 3000
     batch: int = 8
     crop: int = 256
-    lr: float = 1e-3
+    lr: float = 5e-3
+    """Peak learning rate of the entropy model (and gains)."""
+    learn_gains: bool = False
+    """Learn each level's gains and inverse gains from the detector (else: reverse
+    water-filling, one step for every principal component)."""
+    nonlinear: bool = False
+    """Also train conv branches beside the PCA projections, and the projections."""
+    transform_lr_scale: float = 0.2
     seed: int = 0
     device: str = "cpu"
     num_levels: int = 8
-    latent_channels: int = 64
+    latent_channels: int = 128
     lambda_max: float = 32.0
     """λ at the coarsest level (rate matters most)."""
     lambda_min: float = 0.5
     detection_weight: float = 1.0
-    rate_warmup: float = 0.3
-    """Fraction of the steps over which λ ramps up from 2% to its full value: the
-    transforms first learn to carry information, then to carry less of it."""
+    rate_warmup: float = 0.05
+    """Fraction of the steps over which λ ramps up from 2% to its full value (with
+    nonlinear transforms, make it larger: they first learn to carry information,
+    then to carry less of it)."""
     checkpoint_every: int = 200
     resume: bool = False
     num_classes: int | None = None
@@ -118,9 +131,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
     for p in encoder.parameters():
         p.requires_grad_(False)
     reg_max = int(getattr(tail.head, "reg_max", 16))
-    model_cfg = BottleneckConfig(channels, cfg.latent_channels, num_levels=cfg.num_levels)
+    model_cfg = BottleneckConfig(
+        channels, cfg.latent_channels, num_levels=cfg.num_levels, nonlinear=cfg.nonlinear
+    )
     model = FeatureBottleneck(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (
@@ -197,6 +212,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
             save_checkpoint(cfg, model, optimizer, schedule, step, detector_sha, last)
     bar.close()
     return TrainReport(cfg.out, step, time.perf_counter() - started, last)
+
+
+def _param_groups(model: FeatureBottleneck, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Entropy model (and gains) at lr; transforms frozen, or at a smaller lr."""
+    gains = [model.log_gains, model.log_inverse_gains]
+    transforms = [*model.analysis.parameters(), *model.synthesis.parameters()]
+    frozen = ([] if cfg.learn_gains else gains) + ([] if cfg.nonlinear else transforms)
+    for p in frozen:
+        p.requires_grad_(False)
+    rate = [*model.density.parameters(), *(gains if cfg.learn_gains else [])]
+    if not cfg.nonlinear:
+        return [{"params": rate}]
+    return [{"params": rate}, {"params": transforms, "lr": cfg.lr * cfg.transform_lr_scale}]
 
 
 def save_checkpoint(

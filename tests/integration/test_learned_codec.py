@@ -38,10 +38,10 @@ def test_learned_bundle_layout(tiny_learned_bundle: Bundle) -> None:
     m = tiny_learned_bundle.manifest
     assert m.codec == "learned" and m.num_levels == 15  # 8 anchors + 7 interpolated
     assert {"encoder", "tail", "codec", "preview", "detector"} <= set(m.files)
-    assert m.detector.stride == 32 and m.detector.channels == 64
+    assert m.detector.stride == 16 and m.detector.channels == 128  # the latent, 2x2 patches
     codec = tiny_learned_bundle.load_codec()
     assert isinstance(codec, GainedFeatureCodec)
-    expected = [codec.expected_bytes(lv, (64, 10, 10)) for lv in range(codec.num_levels)]
+    expected = [codec.expected_bytes(lv, (128, 20, 20)) for lv in range(codec.num_levels)]
     assert expected == sorted(expected), "finer levels cost more"
 
 

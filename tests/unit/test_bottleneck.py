@@ -1,5 +1,7 @@
 """The learned bottleneck's pieces: gains, entropy model → integer tables, codec."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +12,10 @@ from model.bottleneck import BottleneckConfig, FeatureBottleneck, round_ste
 from model.learned_export import integer_tables
 
 
-def tiny() -> FeatureBottleneck:
+def tiny(patch: int = 2, nonlinear: bool = False) -> FeatureBottleneck:
     torch.manual_seed(0)
-    cfg = BottleneckConfig(feature_channels=8, latent_channels=4, hidden_channels=8,
-                           synthesis_channels=8, num_levels=4)  # fmt: skip
+    cfg = BottleneckConfig(feature_channels=8, latent_channels=4, patch=patch, hidden_channels=8,
+                           synthesis_channels=8, num_levels=4, nonlinear=nonlinear)  # fmt: skip
     return FeatureBottleneck(cfg).eval()
 
 
@@ -50,11 +52,20 @@ def test_round_ste_rounds_forward_and_passes_gradients() -> None:
     assert x.grad is not None and x.grad.tolist() == [1.0, 1.0, 1.0]
 
 
-def test_training_forward_returns_features_and_bits() -> None:
-    model = tiny().train()
+@pytest.mark.parametrize(("patch", "nonlinear"), [(2, False), (2, True), (4, True)])
+def test_training_forward_returns_features_and_bits(patch: int, nonlinear: bool) -> None:
+    model = tiny(patch, nonlinear).train()
+    assert (model.analysis.net is None) == (model.synthesis.net is None) == (not nonlinear)
     out = model(torch.randn(2, 8, 16, 16), torch.tensor([0.0, 2.5]))
+    assert model.analysis(torch.randn(1, 8, 16, 16)).shape == (1, 4, 16 // patch, 16 // patch)
     assert out.features.shape == (2, 8, 16, 16)
     assert out.bits.shape == (2,) and bool(torch.all(out.bits > 0))
+
+
+@pytest.mark.parametrize("patch", [1, 3])
+def test_patch_must_be_a_power_of_two_of_at_least_two(patch: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        tiny(patch)
 
 
 def test_gained_codec_round_trip_and_shape_checks() -> None:
@@ -77,7 +88,7 @@ def test_gained_codec_round_trip_and_shape_checks() -> None:
 def test_pca_start_whitens_the_latent_and_reconstructs_linearly() -> None:
     model = tiny()
     torch.manual_seed(1)
-    # Correlated channels, constant over 4x4 blocks: a rank-2 signal per patch,
+    # Correlated channels, constant over 4x4 blocks: a rank-2 signal per 2x2 patch,
     # which the 4-channel latent can carry.
     basis = torch.randn(8, 2)
     coarse = torch.einsum("ck,bkhw->bchw", basis, torch.randn(6, 2, 4, 4)) * 3 + 1
@@ -90,3 +101,50 @@ def test_pca_start_whitens_the_latent_and_reconstructs_linearly() -> None:
     assert torch.allclose(variance[:2], torch.ones(2), atol=0.1), variance
     nmse = float(((rebuilt - features) ** 2).mean() / features.var())
     assert nmse < 0.05, nmse
+
+
+def test_pca_start_gives_stronger_components_finer_steps() -> None:
+    """Reverse water-filling: gain ∝ the component's std, so every component is
+    quantized on the same grid before training moves the gains."""
+    model = tiny()
+    torch.manual_seed(2)
+    basis = torch.randn(8, 2)
+    coarse = torch.einsum(
+        "ck,bkhw->bchw",
+        basis,
+        torch.randn(6, 2, 4, 4) * torch.tensor([4.0, 1.0])[None, :, None, None],
+    )
+    features = torch.nn.functional.interpolate(coarse, scale_factor=4, mode="nearest")
+    features = features + 0.01 * torch.randn_like(features)
+    model.set_feature_stats(features)
+    gains, inverse = model.level_gains(sublevels=1)
+    assert np.all(gains[:, 0] > gains[:, 1]), "the strongest component gets the finest step"
+    np.testing.assert_allclose(gains * inverse, 1.0, rtol=1e-5)
+    assert np.all(np.diff(gains[:, 0]) > 0)
+
+
+@pytest.mark.parametrize(
+    ("learn_gains", "nonlinear"), [(False, False), (True, False), (True, True)]
+)
+def test_training_learns_only_what_it_is_asked_to(
+    learn_gains: bool, nonlinear: bool, tmp_path: Path
+) -> None:
+    from model.train import TrainConfig, _param_groups
+
+    model = tiny(nonlinear=nonlinear)
+    cfg = TrainConfig(
+        weights=Path("unused.pt"), out=tmp_path / "x.pt", learn_gains=learn_gains,
+        nonlinear=nonlinear,
+    )  # fmt: skip
+    groups = _param_groups(model, cfg)
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert all(id(p) in trained for p in model.density.parameters())
+    for param, wanted in (
+        (model.log_gains, learn_gains),
+        (model.log_inverse_gains, learn_gains),
+        (model.analysis.project.weight, nonlinear),
+        (model.synthesis.unproject.weight, nonlinear),
+    ):
+        assert (id(param) in trained) == wanted == param.requires_grad
+    if nonlinear:
+        assert groups[1]["lr"] == cfg.lr * cfg.transform_lr_scale
