@@ -108,9 +108,9 @@ def _check_patch(patch: int) -> int:
 class Analysis(nn.Module):
     """f → y: stride ``patch`` on the split tensor, kept small because it runs on the edge.
 
-    A linear patch projection (initialized to PCA, see ``init_pca``) plus a
-    nonlinear branch that starts at zero: training starts from the best linear
-    code instead of from noise, which matters when it runs for hours, not days.
+    A linear patch projection (initialized to PCA, see ``init_pca``), plus, with
+    ``nonlinear``, a conv branch that starts at zero: training starts from the best
+    linear code instead of from noise, which matters when it runs for hours, not days.
     """
 
     def __init__(self, cfg: BottleneckConfig) -> None:

@@ -61,7 +61,7 @@ class LearnedExportConfig:
 
 
 class LearnedEncoder(nn.Module):
-    """image (1,3,H,W) in [0,1] → latent y (1,C,H/32,W/32)."""
+    """image (1,3,H,W) in [0,1] → latent y (1,C,H/s,W/s), s the latent stride (16 by default)."""
 
     def __init__(self, encoder: EncoderHalf, bottleneck: FeatureBottleneck) -> None:
         super().__init__()
