@@ -197,7 +197,7 @@ def model_train(
     no_packaged: Annotated[
         bool, typer.Option("--no-packaged", help="Skip the images shipped inside packages")
     ] = False,
-    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 3000,
+    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 800,
     batch: Annotated[int, typer.Option(help="Crops per step")] = 8,
     crop: Annotated[int, typer.Option(help="Crop side, pixels (multiple of 32)")] = 256,
     lr: Annotated[

@@ -32,7 +32,6 @@ from codec.feature_codec import GainedFeatureCodec
 from model.bottleneck import FeatureBottleneck
 from model.bundle_export import (
     OPSET,
-    PreviewDecoder,
     collect_features,
     export_onnx,
     fit_preview_decoder,
@@ -58,48 +57,6 @@ class LearnedExportConfig:
     max_fit_images: int = 40
     num_classes: int | None = None
     seed: int = 0
-
-
-class LearnedEncoder(nn.Module):
-    """image (1,3,H,W) in [0,1] → latent y (1,C,H/s,W/s), s the latent stride (16 by default)."""
-
-    def __init__(self, encoder: EncoderHalf, bottleneck: FeatureBottleneck) -> None:
-        super().__init__()
-        self.encoder, self.analysis = encoder, bottleneck.analysis
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.analysis(self.encoder(image))
-
-
-class LearnedTail(nn.Module):
-    """dequantized latent ŷ → (1, 4+nc, anchors), like the plain tail's output."""
-
-    def __init__(self, bottleneck: FeatureBottleneck, tail: TailHalf) -> None:
-        super().__init__()
-        self.synthesis, self.tail = bottleneck.synthesis, tail
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.synthesis(latent))
-
-
-class WholeDetector(nn.Module):
-    def __init__(self, encoder: EncoderHalf, tail: TailHalf) -> None:
-        super().__init__()
-        self.encoder, self.tail = encoder, tail
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.encoder(image))
-
-
-class LatentPreview(nn.Module):
-    """ŷ → synthesis → linear feature-to-RGB decoder: the cloud's quick human preview."""
-
-    def __init__(self, bottleneck: FeatureBottleneck, decoder: PreviewDecoder) -> None:
-        super().__init__()
-        self.synthesis, self.decoder = bottleneck.synthesis, decoder
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.synthesis(latent))
 
 
 def check_inputs(cfg: LearnedExportConfig) -> None:
@@ -137,8 +94,9 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
     pad_multiple = int(detector.stride.max())
     encoder_half = EncoderHalf(detector, split_layer).eval()
     tail_half = TailHalf(detector, split_layer).eval()
-    encoder = LearnedEncoder(encoder_half, bottleneck).eval()
-    tail = LearnedTail(bottleneck, tail_half).eval()
+    # Each exported network is two stages in a row: image → latent, ŷ → predictions.
+    encoder = nn.Sequential(encoder_half, bottleneck.analysis).eval()
+    tail = nn.Sequential(bottleneck.synthesis, tail_half).eval()
     with torch.no_grad():
         probe = encoder(torch.zeros(1, 3, 64, 96))
     stride = 64 // int(probe.shape[2])
@@ -149,7 +107,7 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
     # 3. ONNX: edge encoder, cloud tail, and the plain detector for evaluation.
     export_onnx(encoder, torch.zeros(1, 3, 64, 96), cfg.out / "encoder.onnx", "image", "features")
     export_onnx(tail, probe, cfg.out / "tail.onnx", "features", "predictions")
-    whole = WholeDetector(encoder_half, tail_half).eval()
+    whole = nn.Sequential(encoder_half, tail_half).eval()
     export_onnx(whole, torch.zeros(1, 3, 64, 96), cfg.out / "detector.onnx", "image", "predictions")
 
     # 4. Rate levels: trained anchors plus interpolated gains, tables from the density.
@@ -171,7 +129,8 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
             for y in latents
         ]
     feature_stride = stride // (decoded[0].shape[1] // latents[0].shape[1])
-    preview = LatentPreview(bottleneck, fit_preview_decoder(decoded, images, feature_stride)).eval()
+    decoder = fit_preview_decoder(decoded, images, feature_stride)
+    preview = nn.Sequential(bottleneck.synthesis, decoder).eval()  # ŷ → RGB
     export_onnx(preview, probe, cfg.out / "preview.onnx", "features", "image")
 
     # 6. Manifest with hashes; its own hash is the bundle's identity.

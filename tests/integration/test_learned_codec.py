@@ -34,6 +34,24 @@ def test_training_is_seeded_checkpointed_and_resumable(
         train_tiny_bottleneck(tiny_checkpoint, tmp_path / "c.pt", crop=50)
 
 
+def test_distilled_training_moves_gains_and_transforms(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """--learn-gains --nonlinear: the teacher/student distillation path trains what the
+    default (entropy model only) leaves frozen."""
+    frozen = train_tiny_bottleneck(tiny_checkpoint, tmp_path / "f.pt", steps=2)
+    taught = train_tiny_bottleneck(
+        tiny_checkpoint, tmp_path / "t.pt", steps=2, learn_gains=True, nonlinear=True
+    )
+    assert set(frozen.last) == {"loss", "bpp"}
+    assert {"feature", "neck", "detection"} <= set(taught.last)
+    assert all(np.isfinite(v) for v in taught.last.values())
+    state = load_checkpoint(taught.checkpoint)["model"]
+    start = load_checkpoint(frozen.checkpoint)["model"]  # same seed: same PCA start
+    for key in ("log_gains", "analysis.project.weight", "synthesis.unproject.weight"):
+        assert not torch.equal(state[key], start[key]), f"{key} did not train"
+
+
 def test_learned_bundle_layout(tiny_learned_bundle: Bundle) -> None:
     m = tiny_learned_bundle.manifest
     assert m.codec == "learned" and m.num_levels == 15  # 8 anchors + 7 interpolated
