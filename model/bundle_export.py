@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from codec.bundle import Bundle, write_manifest
+from codec.bundle import Bundle, file_sha256, write_manifest
 from codec.entropy_tables import EntropyTables, quantize_frequencies
 from codec.feature_codec import UniformFeatureCodec
 from edge.preprocess import letterbox
@@ -109,6 +109,7 @@ def export_bundle(cfg: ExportConfig) -> Bundle:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "detector": {
                 "weights": cfg.weights.name,
+                "weights_sha256": file_sha256(cfg.weights),
                 "class_names": class_names(detector),
                 "split_layer": cfg.split_layer,
                 "stride": stride,

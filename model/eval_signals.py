@@ -164,25 +164,32 @@ class Detected:
 
 
 class FullDetector:
-    """The bundle's detector, whole: encoder.onnx then tail.onnx.
+    """The bundle's detector, whole.
 
     For a bundle whose encoder.onnx holds only detector layers (the uniform codec),
-    encoder → tail *is* the full detector. A bundle that folds a learned transform
-    into its encoder must ship the plain detector as a ``detector`` file (input
-    "image", output "predictions" like the tail's), and this class uses it instead.
+    encoder → tail *is* the full detector. A bundle that folds a learned transform into
+    its encoder and tail is judged against the plain detector's ONNX instead
+    (``reference``, from ``model.reference_detector``).
     """
 
-    def __init__(self, bundle: Bundle, conf: float, pred_conf: float, threads: int) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        conf: float,
+        pred_conf: float,
+        threads: int,
+        reference: Path | None = None,
+    ) -> None:
         self.size = bundle.manifest.detector.input_size
         self.pad_multiple = bundle.manifest.detector.pad_multiple
         self.encoder = open_backend("onnxruntime-cpu", bundle.file("encoder"), threads)
         self.tail = DetectorTail(bundle, conf=conf, threads=threads)  # what the cloud stores
         self.scorer = DetectorTail(bundle, conf=pred_conf, threads=threads)
         self.whole = None
-        if "detector" in bundle.manifest.files:
+        if reference is not None:
             from cloud.onnx_sessions import open_session
 
-            self.whole = open_session(bundle.file("detector"), threads)
+            self.whole = open_session(reference, threads)
 
     def encode(self, image: np.ndarray) -> EdgeFeatures:
         """The edge's half: letterbox, then encoder.onnx (timed without the letterbox)."""

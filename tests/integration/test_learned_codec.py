@@ -4,6 +4,7 @@ export → ONNX Runtime encode on the edge path → cloud decode, bit-exact."""
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -55,7 +56,9 @@ def test_distilled_training_moves_gains_and_transforms(
 def test_learned_bundle_layout(tiny_learned_bundle: Bundle) -> None:
     m = tiny_learned_bundle.manifest
     assert m.codec == "learned" and m.num_levels == 15  # 8 anchors + 7 interpolated
-    assert {"encoder", "tail", "codec", "preview", "detector"} <= set(m.files)
+    assert set(m.files) == {"encoder", "tail", "codec", "preview"}  # no plain detector
+    tail = onnx.load(str(tiny_learned_bundle.file("tail"))).graph
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in tail.initializer), "int8 weights"
     assert m.detector.stride == 16 and m.detector.channels == 128  # the latent, 2x2 patches
     codec = tiny_learned_bundle.load_codec()
     assert isinstance(codec, GainedFeatureCodec)
@@ -118,3 +121,41 @@ def test_preview_runs_on_the_decoded_latent(tiny_learned_bundle: Bundle) -> None
     decoded = decoder.decode(encoder.encode(CapturedFrame(0, 0, original), 7).bitstream)
     image = RESTORERS["preview"](tiny_learned_bundle)(decoded)
     assert image.shape == original.shape and image.dtype == np.uint8
+
+
+def test_plain_reference_detector_is_rebuilt_from_the_pinned_weights(
+    tiny_learned_bundle: Bundle, tiny_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The learned bundle does not carry the plain detector; evaluation exports it from
+    the weights whose sha256 the manifest pins, and refuses other weights."""
+    from cloud.onnx_sessions import open_session
+    from codec.bundle import file_sha256
+    from model.detector_split import load_detector
+    from model.reference_detector import reference_detector
+    from tests.conftest import build_tiny_checkpoint
+
+    assert tiny_learned_bundle.manifest.detector.weights_sha256 == file_sha256(tiny_checkpoint)
+    assert reference_detector(tiny_bundle, tiny_checkpoint, tmp_path) is None  # encoder→tail
+    path = reference_detector(tiny_learned_bundle, tiny_checkpoint, tmp_path / "cache")
+    assert path is not None and path.parent == tmp_path / "cache"
+    x = letterbox(sample_images_array(), 320, 32)[0]
+    (got,) = open_session(path).run(None, {"image": x})
+    with torch.no_grad():
+        want = load_detector(tiny_checkpoint)(torch.from_numpy(x))[0].numpy()
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-3, rtol=1e-3)
+    stamp = path.stat().st_mtime_ns
+    assert reference_detector(tiny_learned_bundle, tiny_checkpoint, tmp_path / "cache") == path
+    assert path.stat().st_mtime_ns == stamp, "the cached export is reused"
+    other = build_tiny_checkpoint(tmp_path / "other.pt", class_bias=-2.0)
+    with pytest.raises(ValueError, match="--weights: .* is not the checkpoint"):
+        reference_detector(tiny_learned_bundle, other, tmp_path / "cache")
+
+
+def sample_images_array() -> np.ndarray:
+    import cv2
+
+    from tests.conftest import sample_images
+
+    image = cv2.imread(str(sample_images()[0]))
+    assert image is not None
+    return image
