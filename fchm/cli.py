@@ -214,14 +214,24 @@ def model_train(
         bool,
         typer.Option(
             "--nonlinear",
-            help="Also train conv branches beside the PCA transforms (needs far more data "
+            help="Also train conv branches beside the linear transforms (needs far more data "
             "than the packaged photos; add --rate-warmup 0.3)",
         ),
     ] = False,
     rate_warmup: Annotated[
         float, typer.Option(help="Fraction of the steps over which λ ramps in")
     ] = 0.05,
-    levels: Annotated[int, typer.Option(help="Trained anchor rate levels")] = 8,
+    sensitivity_mix: Annotated[
+        float,
+        typer.Option(
+            help="Transform metric: (1 − mix)·detector sensitivity + mix·identity; 1 = plain PCA"
+        ),
+    ] = 0.1,
+    levels: Annotated[int, typer.Option(help="Trained anchor rate levels")] = 10,
+    min_gain: Annotated[
+        float, typer.Option(help="Gain of the coarsest anchor (step = 1/gain of the spread)")
+    ] = 0.05,
+    max_gain: Annotated[float, typer.Option(help="Gain of the finest anchor")] = 4.0,
     latent_channels: Annotated[int, typer.Option(help="Channels of the coded latent")] = 128,
     lambda_max: Annotated[float, typer.Option(help="Rate weight at the coarsest level")] = 32.0,
     lambda_min: Annotated[float, typer.Option(help="Rate weight at the finest level")] = 0.5,
@@ -252,9 +262,12 @@ def model_train(
             learn_gains=learn_gains,
             nonlinear=nonlinear,
             rate_warmup=rate_warmup,
+            sensitivity_mix=sensitivity_mix,
             seed=seed,
             device=device,
             num_levels=levels,
+            min_gain=min_gain,
+            max_gain=max_gain,
             latent_channels=latent_channels,
             lambda_max=lambda_max,
             lambda_min=lambda_min,

@@ -37,17 +37,22 @@ class DemoConfig:
     """None: the bundle's middle level"""
 
 
-def packaged_video() -> Path:
-    """The 1441-frame video of people on a stage shipped by the PyPI package iscc-samples."""
+def package_file(module: str, relative: str, package: str) -> Path:
+    """A data file shipped inside an installed package, found without importing it."""
     import importlib.util
 
-    spec = importlib.util.find_spec("iscc_samples")
+    spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise RuntimeError("the demo video comes from iscc-samples: install the 'demo' extra")
-    video = Path(spec.origin).parent / "files" / "video" / "demo.mp4"
-    if not video.is_file():
-        raise RuntimeError(f"{video} missing from the iscc-samples package")
-    return video
+        raise RuntimeError(f"{relative} comes from {package}: install the 'demo' extra")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise RuntimeError(f"{path} missing from the {package} package")
+    return path
+
+
+def packaged_video() -> Path:
+    """The 1441-frame video of people on a stage shipped by the PyPI package iscc-samples."""
+    return package_file("iscc_samples", "files/video/demo.mp4", "iscc-samples")
 
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "model/checkpoints/person-fchm.pt"

@@ -54,10 +54,10 @@ class BottleneckConfig:
     kept 0.30 mAP50 on unseen video where the linear code keeps 0.95 (see README)."""
     hidden_channels: int = 64
     synthesis_channels: int = 128
-    num_levels: int = 8
+    num_levels: int = 10
     """Trained anchor rate levels, coarsest first."""
-    min_gain: float = 0.2
-    max_gain: float = 2.5
+    min_gain: float = 0.05
+    max_gain: float = 4.0
     mixture: int = 3
     """Logistic components per channel in the entropy model."""
 
@@ -108,7 +108,7 @@ def _check_patch(patch: int) -> int:
 class Analysis(nn.Module):
     """f → y: stride ``patch`` on the split tensor, kept small because it runs on the edge.
 
-    A linear patch projection (initialized to PCA, see ``init_pca``), plus, with
+    A linear patch projection (initialized to a KLT, see ``init_transform``), plus, with
     ``nonlinear``, a conv branch that starts at zero: training starts from the best
     linear code instead of from noise, which matters when it runs for hours, not days.
     """
@@ -244,39 +244,63 @@ class FeatureBottleneck(nn.Module):
 
     @torch.no_grad()
     def set_feature_stats(self, features: torch.Tensor) -> None:
-        """Measure the split tensor's per-channel statistics (B,C,H,W) before training."""
+        """Measure the split tensor's per-channel statistics (B,C,H,W) before training,
+        and start the linear branches at the PCA of its patches."""
         mean = features.mean(dim=(0, 2, 3), keepdim=True)
         scale = features.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
         for stats in (self.analysis.stats, self.synthesis.stats):
             stats.mean.copy_(mean)
             stats.scale.copy_(scale)
-        self.init_pca((features - mean) / scale)
+        self.init_transform((features - mean) / scale)
 
     @torch.no_grad()
-    def init_pca(self, normalized: torch.Tensor) -> None:
-        """Linear branches := PCA of the feature patches, whitened so that every latent
-        channel starts with unit variance; gains start at reverse water-filling (the
-        same quantization step on every principal component, the MSE-optimal
-        allocation for a Gaussian source), so training starts at a sane rate split."""
+    def init_transform(
+        self, normalized: torch.Tensor, sensitivity: torch.Tensor | None = None, mix: float = 1.0
+    ) -> None:
+        """Linear branches := the Karhunen–Loève transform of the feature patches in the
+        metric M = (1 − mix)·S/mean(eig S) + mix·I, whitened so that every latent channel
+        has unit variance; gains start at reverse water-filling in that metric.
+
+        S is the detector's sensitivity per patch (``model.sensitivity``): without it, or
+        with mix = 1, M = I and this is the plain PCA. With it, the kept directions are
+        the eigenvectors of M^½ Σ M^½ (Σ the patches' covariance), which minimize the
+        expected eᵀ M e of a linear code instead of its squared error: the rate goes to
+        what moves the detections. One quantization step for every component (gain ∝
+        its standard deviation) is the optimal split for a Gaussian source under that
+        distortion, so training starts at a sane rate allocation.
+        """
         c, k, p = self.cfg.feature_channels, self.cfg.latent_channels, self.cfg.patch
-        if k > c * p * p:
-            raise ValueError(f"latent_channels {k} exceed the {c * p * p} dimensions of a patch")
-        patches = F.unfold(normalized, p, stride=p).transpose(1, 2).reshape(-1, c * p * p)
-        cov = patches.T.double() @ patches.double() / len(patches)
-        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
-        top = eigvecs[:, -k:].flip(-1).T.float()  # (k, c·p²), largest first
-        std = eigvals[-k:].flip(-1).clamp_min(0.0).sqrt().float()
-        std = std.clamp_min(
-            1e-2 * float(std[0]) + 1e-6
-        )  # few patches: no blow-up on null directions
-        a, s = self.analysis.project, self.synthesis.unproject
-        a.weight.copy_((top / std[:, None]).reshape(k, c, p, p))
-        s.weight.copy_((top * std[:, None]).reshape(k, c, p, p))
-        for bias in (a.bias, s.bias):
+        d = c * p * p
+        if k > d:
+            raise ValueError(f"latent_channels {k} exceed the {d} dimensions of a patch")
+        if not 0.0 < mix <= 1.0:
+            raise ValueError(f"mix must be in (0, 1], got {mix}")
+        patches = F.unfold(normalized, p, stride=p).transpose(1, 2).reshape(-1, d).double()
+        cov = patches.T @ patches / len(patches)
+        metric = torch.eye(d, dtype=torch.float64)
+        if sensitivity is not None and mix < 1.0:
+            if sensitivity.shape != (d, d):
+                raise ValueError(f"sensitivity is {tuple(sensitivity.shape)}, need ({d}, {d})")
+            s = sensitivity.double().cpu()
+            s = 0.5 * (s + s.T)
+            metric = (1.0 - mix) * s * d / torch.trace(s).clamp_min(1e-30) + mix * metric
+        m_vals, m_vecs = torch.linalg.eigh(metric)
+        root = m_vecs @ torch.diag(m_vals.clamp_min(1e-12).sqrt()) @ m_vecs.T
+        inverse_root = m_vecs @ torch.diag(m_vals.clamp_min(1e-12).rsqrt()) @ m_vecs.T
+        eigvals, eigvecs = torch.linalg.eigh(root @ cov.cpu() @ root)  # ascending
+        top = eigvecs[:, -k:].flip(-1)  # (d, k), largest first
+        std = eigvals[-k:].flip(-1).clamp_min(0.0).sqrt()
+        std = std.clamp_min(1e-2 * float(std[0]) + 1e-6)  # few patches: no null blow-up
+        analysis = (top.T @ root) / std[:, None]  # (k, d): a = A x, unit variance
+        synthesis = (inverse_root @ top * std[None, :]).T  # (k, d): x = Σ_j a_j row_j
+        a, s_ = self.analysis.project, self.synthesis.unproject
+        a.weight.copy_(analysis.float().reshape(k, c, p, p))
+        s_.weight.copy_(synthesis.float().reshape(k, c, p, p))
+        for bias in (a.bias, s_.bias):
             if bias is not None:
                 bias.zero_()
         # gain_j ∝ std_j (geometric mean 1): z = y·gain is then every component on one grid.
-        spread = std.log() - std.log().mean()
+        spread = std.float().log() - std.float().log().mean()
         self.log_gains.copy_(self._level_ramp()[:, None] + spread[None, :])
         self.log_inverse_gains.copy_(-self.log_gains)
 

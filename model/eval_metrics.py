@@ -29,10 +29,15 @@ from cloud.detector_tail import Detection
 
 
 def coco_map(
-    reference: Sequence[Sequence[Detection]], predicted: Sequence[Sequence[Detection]]
+    reference: Sequence[Sequence[Detection]],
+    predicted: Sequence[Sequence[Detection]],
+    class_agnostic: bool = False,
 ) -> tuple[float | None, float | None]:
     """(mAP50, mAP50-95) of ``predicted`` with ``reference`` as ground truth, per frame.
 
+    COCO's mAP is the mean over classes, so a class with one reference box swings it
+    by 1/classes on that one box; ``class_agnostic`` pools every class into one
+    (pycocotools' ``useCats=0``): boxes must agree, labels need not.
     None when the reference holds no detection at all (mAP is undefined then);
     (0, 0) when there is ground truth but no prediction.
     """
@@ -68,6 +73,7 @@ def coco_map(
         }
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(dets), "bbox")
+        evaluator.params.useCats = 0 if class_agnostic else 1
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

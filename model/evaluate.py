@@ -107,6 +107,10 @@ class EvalRow:
     """bits per pixel of the resized frame (before padding)"""
     map50: float | None
     map50_95: float | None
+    map50_agnostic: float | None
+    """mAP50 with every class pooled into one (pycocotools ``useCats=0``): boxes must
+    agree, labels need not. COCO's mean over classes lets a class with one reference
+    box move map50 by 1/classes on that box; this one does not."""
     edge_ms_per_frame: float
     """edge time to produce the bytes (the full detector's time on its row)"""
     decode_ms_per_frame: float | None
@@ -393,7 +397,9 @@ def _level_tallies(family: str, path: FeaturePath) -> list[_Tally]:
 
 
 def _row(t: _Tally, reference: list[list[Detection]], pixels: list[int]) -> EvalRow:
-    map50, map50_95 = coco_map([reference[i] for i in t.ids], t.detections)
+    truth = [reference[i] for i in t.ids]
+    map50, map50_95 = coco_map(truth, t.detections)
+    pooled, _ = coco_map(truth, t.detections, class_agnostic=True)
     n = len(t.ids)
     has_bytes = t.codec != FULL_DETECTOR
     total = sum(t.nbytes)
@@ -406,6 +412,7 @@ def _row(t: _Tally, reference: list[list[Detection]], pixels: list[int]) -> Eval
         bpp=round(8 * total / sum(pixels[i] for i in t.ids), 4) if has_bytes else None,
         map50=None if map50 is None else round(map50, 4),
         map50_95=None if map50_95 is None else round(map50_95, 4),
+        map50_agnostic=None if pooled is None else round(pooled, 4),
         edge_ms_per_frame=round(1e3 * sum(t.edge_s) / n, 2),
         decode_ms_per_frame=round(1e3 * sum(t.decode_s) / n, 2) if has_bytes else None,
         note=t.note,

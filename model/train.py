@@ -6,12 +6,12 @@
     loss  = distortion(student, teacher) + λ(level) · bpp      (model/distillation.py)
 
 Only the bottleneck learns, and by default only its entropy model: the transforms stay
-the PCA they start as and the gains stay at reverse water-filling. Distilled on the ~30
+the KLT they start as (in the metric of the detector's sensitivity, model/sensitivity.py)
+and the gains stay at reverse water-filling. Distilled on the ~30
 packaged photos, everything more overfits (README, "The learned codec"): ``learn_gains``
 also learns the per-level gains from the detector, ``nonlinear`` adds conv branches and
 trains the projections (at ``transform_lr_scale`` × lr); both are for users with far
-more data. One
-checkpoint file holds everything to resume: weights, optimizer, step, RNG states
+more data. One checkpoint file holds everything to resume: weights, optimizer, step, RNG states
 and the configuration; ``fchm model export --checkpoint`` turns it into a bundle.
 """
 
@@ -34,6 +34,7 @@ from fchm.atomic_file import write_atomically
 from model.bottleneck import BottleneckConfig, FeatureBottleneck
 from model.detector_split import EncoderHalf, check_split, load_detector, split_stride
 from model.distillation import TrainableTail, distortion
+from model.sensitivity import patch_sensitivity
 from model.training_data import CropStream, load_pool
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,18 @@ class TrainConfig:
     nonlinear: bool = False
     """Also train conv branches beside the PCA projections, and the projections."""
     transform_lr_scale: float = 0.2
+    sensitivity_mix: float = 0.1
+    """The transforms' metric: (1 − mix) · the detector's sensitivity + mix · identity
+    (1.0: plain PCA of the split tensor; model/sensitivity.py)."""
+    stats_batches: int = 8
+    """Batches of crops that measure feature statistics, covariance and sensitivity."""
     seed: int = 0
     device: str = "cpu"
-    num_levels: int = 8
+    num_levels: int = 10
+    min_gain: float = 0.05
+    """Gain of the coarsest anchor level on the geometric-mean component (its step is
+    1/min_gain of that component's spread)."""
+    max_gain: float = 4.0
     latent_channels: int = 128
     lambda_max: float = 32.0
     """λ at the coarsest level (rate matters most)."""
@@ -85,6 +95,12 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ValueError(f"crop must be a multiple of 32 and ≥ 64, got {cfg.crop}")
     if cfg.steps < 1 or cfg.batch < 1:
         raise ValueError(f"steps and batch must be ≥ 1, got {cfg.steps} and {cfg.batch}")
+    if not 0.0 < cfg.sensitivity_mix <= 1.0:
+        raise ValueError(f"sensitivity_mix must be in (0, 1], got {cfg.sensitivity_mix}")
+    if cfg.stats_batches < 1:
+        raise ValueError(f"stats_batches must be ≥ 1, got {cfg.stats_batches}")
+    if not 0 < cfg.min_gain < cfg.max_gain:
+        raise ValueError(f"need 0 < min_gain < max_gain, got {cfg.min_gain}, {cfg.max_gain}")
     if cfg.num_levels < 2:
         raise ValueError(f"num_levels must be ≥ 2, got {cfg.num_levels}")
     if not 0 < cfg.lambda_min < cfg.lambda_max:
@@ -132,7 +148,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
         p.requires_grad_(False)
     reg_max = int(getattr(tail.head, "reg_max", 16))
     model_cfg = BottleneckConfig(
-        channels, cfg.latent_channels, num_levels=cfg.num_levels, nonlinear=cfg.nonlinear
+        channels,
+        cfg.latent_channels,
+        num_levels=cfg.num_levels,
+        min_gain=cfg.min_gain,
+        max_gain=cfg.max_gain,
+        nonlinear=cfg.nonlinear,
     )
     model = FeatureBottleneck(model_cfg).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=0.0)
@@ -163,10 +184,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
         )
     )
 
-    # 5. Fresh runs measure the split tensor's statistics on a few batches first.
+    # 5. Fresh runs measure the split tensor's statistics on a few batches first, and
+    #    the detector's sensitivity to it: the transforms start (and by default stay) at
+    #    the KLT in the metric that sensitivity defines (model/sensitivity.py).
     if step == 0:
         with torch.no_grad():
-            model.set_feature_stats(torch.cat([encoder(next(loader).to(device)) for _ in range(4)]))
+            f = torch.cat([encoder(next(loader).to(device)) for _ in range(cfg.stats_batches)])
+        model.set_feature_stats(f)
+        if cfg.sensitivity_mix < 1.0:
+            stats = model.analysis.stats
+            s = patch_sensitivity(tail, f, stats, model_cfg.patch, reg_max, batch=cfg.batch)
+            model.init_transform(stats.normalize(f), s, cfg.sensitivity_mix)
 
     # 6. The loop: teacher, student, loss, step; checkpoints as it goes.
     detector_sha = file_sha256(cfg.weights)

@@ -55,7 +55,7 @@ def test_distilled_training_moves_gains_and_transforms(
 
 def test_learned_bundle_layout(tiny_learned_bundle: Bundle) -> None:
     m = tiny_learned_bundle.manifest
-    assert m.codec == "learned" and m.num_levels == 15  # 8 anchors + 7 interpolated
+    assert m.codec == "learned" and m.num_levels == 19  # 10 anchors + 9 interpolated
     assert set(m.files) == {"encoder", "tail", "codec", "preview"}  # no plain detector
     tail = onnx.load(str(tiny_learned_bundle.file("tail"))).graph
     assert any(i.data_type == onnx.TensorProto.INT8 for i in tail.initializer), "int8 weights"

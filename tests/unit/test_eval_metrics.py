@@ -59,3 +59,19 @@ def test_coco_map_of_the_reference_itself_is_one_and_of_nothing_is_zero() -> Non
                for ds in reference]  # fmt: skip
     map50, map50_95 = coco_map(reference, shifted)
     assert map50 is not None and map50_95 is not None and map50_95 < map50
+
+
+def test_class_agnostic_map_pools_classes_and_ignores_labels() -> None:
+    """Two classes, one of them with a single reference box: the per-class mean moves by
+    half on that one box, the pooled score by a third; a swapped label still counts
+    as a match when classes are pooled."""
+    person = [_det((10, 10, 50, 90)), _det((60, 10, 99, 90))]
+    fall = Detection(1, "fall", 0.8, (0, 100, 40, 140))
+    reference = [[*person, fall]]
+    missed_fall = [person]
+    assert coco_map(reference, missed_fall) == (0.5, 0.5)
+    pooled, _ = coco_map(reference, missed_fall, class_agnostic=True)
+    assert pooled is not None and abs(pooled - 2 / 3) < 0.01
+    relabelled = [[*person, Detection(0, "person", 0.8, fall.box)]]
+    assert coco_map(reference, relabelled, class_agnostic=True) == (1.0, 1.0)
+    assert coco_map(reference, relabelled)[0] == 0.5
