@@ -227,12 +227,19 @@ def model_train(
             help="Transform metric: (1 − mix)·detector sensitivity + mix·identity; 1 = plain PCA"
         ),
     ] = 0.1,
+    stats_batches: Annotated[
+        int,
+        typer.Option(help="Batches of crops that measure the transforms' statistics"),
+    ] = 24,
     levels: Annotated[int, typer.Option(help="Trained anchor rate levels")] = 10,
     min_gain: Annotated[
         float, typer.Option(help="Gain of the coarsest anchor (step = 1/gain of the spread)")
-    ] = 0.05,
+    ] = 0.025,
     max_gain: Annotated[float, typer.Option(help="Gain of the finest anchor")] = 4.0,
-    latent_channels: Annotated[int, typer.Option(help="Channels of the coded latent")] = 128,
+    latent_channels: Annotated[
+        int | None,
+        typer.Option(help="Channels of the coded latent [default: min(256, patch dimensions)]"),
+    ] = None,
     lambda_max: Annotated[float, typer.Option(help="Rate weight at the coarsest level")] = 32.0,
     lambda_min: Annotated[float, typer.Option(help="Rate weight at the finest level")] = 0.5,
     split_layer: Annotated[int, typer.Option(help="Last detector layer on the edge")] = 4,
@@ -263,6 +270,7 @@ def model_train(
             nonlinear=nonlinear,
             rate_warmup=rate_warmup,
             sensitivity_mix=sensitivity_mix,
+            stats_batches=stats_batches,
             seed=seed,
             device=device,
             num_levels=levels,

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 class BottleneckConfig:
     feature_channels: int
     """Channels of the detector's split tensor."""
-    latent_channels: int = 128
+    latent_channels: int = 256
     patch: int = 2
     """Latent stride on the split tensor (a power of two): 2 puts the latent at 16 px."""
     nonlinear: bool = False
@@ -56,7 +56,7 @@ class BottleneckConfig:
     synthesis_channels: int = 128
     num_levels: int = 10
     """Trained anchor rate levels, coarsest first."""
-    min_gain: float = 0.05
+    min_gain: float = 0.025
     max_gain: float = 4.0
     mixture: int = 3
     """Logistic components per channel in the entropy model."""

@@ -148,3 +148,15 @@ def test_training_learns_only_what_it_is_asked_to(
         assert (id(param) in trained) == wanted == param.requires_grad
     if nonlinear:
         assert groups[1]["lr"] == cfg.lr * cfg.transform_lr_scale
+
+
+@pytest.mark.parametrize(
+    ("feature_channels", "asked", "wanted"), [(128, None, 256), (8, None, 32), (128, 96, 96)]
+)
+def test_latent_width_defaults_to_256_capped_at_a_patch(
+    feature_channels: int, asked: int | None, wanted: int, tmp_path: Path
+) -> None:
+    from model.train import TrainConfig, latent_channels
+
+    cfg = TrainConfig(weights=Path("unused.pt"), out=tmp_path / "x.pt", latent_channels=asked)
+    assert latent_channels(cfg, feature_channels) == wanted
