@@ -66,8 +66,9 @@ class TrainConfig:
     (1.0: plain PCA of the split tensor; model/sensitivity.py)."""
     stats_batches: int = 24
     """Batches of crops that measure feature statistics, covariance and sensitivity
-    (they are statistics, not trained weights: more crops steady them at no risk of
-    overfitting; 24 batches beat 8 on both evaluation videos, README)."""
+    (statistics, not trained weights: more crops steady them without overfitting them.
+    24 came in with the lower ``min_gain`` in one A/B, bench/results/transform_metric.md;
+    the two changes were not measured apart)."""
     seed: int = 0
     device: str = "cpu"
     num_levels: int = 10
@@ -120,15 +121,12 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ValueError(f"--resume: {cfg.out} is a slim (weights-only) checkpoint")
 
 
-DEFAULT_LATENT_CHANNELS = 256
-
-
 def latent_channels(cfg: TrainConfig, feature_channels: int) -> int:
     """The configured latent width, or the default capped at a patch's dimensions (tiny
     detectors have fewer than 256)."""
     if cfg.latent_channels is not None:
         return cfg.latent_channels
-    return min(DEFAULT_LATENT_CHANNELS, feature_channels * BottleneckConfig.patch**2)
+    return min(BottleneckConfig.latent_channels, feature_channels * BottleneckConfig.patch**2)
 
 
 def lambdas_at(level: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
