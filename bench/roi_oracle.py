@@ -3,7 +3,7 @@
     video frames ─► encoder.onnx ─► y ─► q = round(y·gain[level])
                  ─► plain detector ─► reference boxes ─► dilate by a margin ─► mask (latent grid)
     whole frame:  bits of q everywhere                         ─► tail ─► mAP50
-    oracle ROI:   bits of q inside the mask + the mask's own   ─► tail (0 outside) ─► mAP50
+    oracle ROI:   coded q inside the mask + the mask's own     ─► tail (0 outside) ─► mAP50
                   cost (binary entropy of its cells) + framing
 
 An *oracle*: the mask comes from the reference detections themselves, which no edge
@@ -27,7 +27,6 @@ from tqdm import tqdm
 from cloud.detector_tail import Detection
 from codec.bitstream import OVERHEAD_BYTES
 from codec.bundle import Bundle
-from codec.entropy_tables import PRECISION
 from codec.feature_codec import GainedFeatureCodec
 from codec.geometry import Letterbox
 from fchm.demo import packaged_video
@@ -46,29 +45,24 @@ def region_mask(
     h, w = grid
     mask = np.zeros(grid, dtype=bool)
     for d in boxes:
-        x1, y1, x2, y2 = d.box
-        sx, sy = geometry.scale, geometry.scale
-        px1, px2 = x1 * sx + geometry.pad[0] - margin, x2 * sx + geometry.pad[0] + margin
-        py1, py2 = y1 * sy + geometry.pad[1] - margin, y2 * sy + geometry.pad[1] + margin
+        x1, y1, x2, y2 = (v * geometry.scale for v in d.box)
+        left, top = geometry.pad
+        px1, px2 = x1 + left - margin, x2 + left + margin
+        py1, py2 = y1 + top - margin, y2 + top + margin
         c0, c1 = max(int(px1 // stride), 0), min(int(px2 // stride) + 1, w)
         r0, r1 = max(int(py1 // stride), 0), min(int(py2 // stride) + 1, h)
         mask[r0:r1, c0:c1] = True
     return mask
 
 
-def code_length_bits(
-    codec: GainedFeatureCodec, q: np.ndarray, level: int, mask: np.ndarray
-) -> float:
-    """Ideal bits of the symbols of q inside ``mask`` under the level's integer tables."""
-    t = codec.tables
-    log_p = np.log2(t.freqs[level].astype(np.float64) / (1 << PRECISION))
-    escaped = np.abs(q) > t.radius
-    symbols = np.where(escaped, t.escape, q + t.radius).reshape(q.shape[0], -1)
-    bits = -np.take_along_axis(log_p, symbols, 1).reshape(q.shape)
-    return float(((bits + 32.0 * escaped) * mask[None]).sum())
+def coded_bytes(codec: GainedFeatureCodec, q: np.ndarray, level: int, mask: np.ndarray) -> int:
+    """Payload bytes of the symbols of q inside ``mask``, coded channel by channel as the
+    codec codes a frame (the cells in raster order, as one (C, cells, 1) tensor)."""
+    return len(codec.tables.encode(q[:, mask][:, :, None], level))
 
 
 def mask_bits(mask: np.ndarray) -> float:
+    """The mask's cost: the binary entropy of its cells, plus 16 bits for its shape."""
     p = float(mask.mean())
     if p in (0.0, 1.0):
         return 16.0
@@ -97,22 +91,18 @@ def main() -> None:
     reference = [detector(f.image, e).reference for f, e in zip(images, edges, strict=True)]
     rows = []
     for level in tqdm(args.levels, desc="levels", unit="level"):
+        symbols = [codec.quantize(edge.features, level) for edge in edges]
         for margin in MARGINS:
             nbytes, found = [], []
-            for edge, boxes in zip(edges, reference, strict=True):
-                y = edge.features
-                q = np.rint(y * codec.gains[level][:, None, None]).astype(np.int32)
+            for edge, boxes, q in zip(edges, reference, symbols, strict=True):
                 grid = (q.shape[1], q.shape[2])
                 if margin is None:
                     mask, side = np.ones(grid, dtype=bool), 0.0
                 else:
                     mask = region_mask(boxes, edge.geometry, grid, info.stride, margin)
                     side = mask_bits(mask)
-                bits = code_length_bits(codec, q, level, mask) + side
-                nbytes.append(bits / 8 + OVERHEAD_BYTES)
-                decoded = (q * mask[None]).astype(np.float32) * codec.inverse_gains[level][
-                    :, None, None
-                ]
+                nbytes.append(coded_bytes(codec, q, level, mask) + side / 8 + OVERHEAD_BYTES)
+                decoded = codec.dequantize(q * mask[None], level)
                 found.append(detector.scorer(decoded, edge.geometry))
             map50, _ = coco_map(reference, found)
             rows.append(
@@ -124,7 +114,10 @@ def main() -> None:
                 }
             )
     refs = sum(len(r) for r in reference)
-    head = f"{len(images)} frames of {video.name}, {refs} reference detections; ideal code lengths."
+    head = (
+        f"{len(images)} frames of {video.name}, {refs} reference detections; "
+        "coded bytes plus the mask's entropy."
+    )
     lines = [head, "", "| level | region | bytes/frame | mAP50 |", "|---:|---|---:|---:|"]
     lines += [
         f"| {r['level']} | {r['region']} | {r['bytes_per_frame']:,.0f} | "
