@@ -171,6 +171,12 @@ class RunningCloud:
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.settings.http_port}"
 
+    def api(self, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        """An httpx client for this cloud's REST API (tests call REST only through it)."""
+        import httpx
+
+        return httpx.Client(base_url=self.http_base, timeout=timeout)
+
     def stop(self) -> None:
         import asyncio
 
