@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge.backend_errors import BackendUnavailable
+
 
 class CudaMemory(Protocol):
     gpu_name: str
@@ -126,8 +128,6 @@ class PyCudaMemory:
 
 def open_cuda_memory(device: int, install_hint: str) -> CudaMemory:
     """cuda-python if installed, else pycuda; a ValueError naming the extra if neither is."""
-    from edge.encoder_backends import BackendUnavailable
-
     try:
         return CudaPythonMemory(device)
     except ImportError:

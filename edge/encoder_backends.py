@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.backend_errors import BackendUnavailable
+
 DEFAULT_ENGINE_CACHE = Path("var/edge/engines")
 
 
@@ -28,14 +30,6 @@ class EncoderBackend(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(1,3,H,W) float32 in [0,1] → split features (C,h,w) float32."""
         ...
-
-
-class BackendUnavailable(ValueError):
-    """A backend whose packages or device are missing here.
-
-    A ValueError, like any other bad setting: the CLI reports it as a message
-    that names the ``backend`` field, not as a traceback.
-    """
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from codec.bundle import file_sha256
+from edge.backend_errors import BackendUnavailable
 from edge.cuda_memory import CudaMemory, open_cuda_memory
-from edge.encoder_backends import BackendUnavailable
 from fchm.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
