@@ -19,10 +19,21 @@ from codec.bundle import Bundle
 from codec.entropy_tables import EntropyCodingError
 from codec.feature_codec import EncodedFeatures
 from codec.geometry import Letterbox
+from codec.wire import MAX_IMAGE_SIDE
 
 
 class InvalidFrame(ValueError):
     """A frame the cloud cannot decode; the message says why."""
+
+
+def check_image_size(image_size: tuple[int, int]) -> None:
+    """Refuse a declared size no edge could have sent: the views and boxes are sized by it."""
+    w, h = image_size
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise InvalidFrame(
+            f"image_size {w}x{h}: a side exceeds MAX_IMAGE_SIDE {MAX_IMAGE_SIDE} "
+            "(codec/wire.py), larger than any frame an edge may send"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class FrameDecoder:
             raise InvalidFrame(
                 f"rate_level {frame.rate_level} outside 0..{self.codec.num_levels - 1}"
             )
+        check_image_size(frame.image_size)
         return frame
 
     def geometry(self, frame: FrameBitstream) -> Letterbox:

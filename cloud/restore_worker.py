@@ -1,12 +1,15 @@
 """Restore worker: one view job id in, one PNG in the blob store out.
 
-    queue.get() ─► job row (mark running) ─► frame row ─► bitstream blob
-        ─► FrameDecoder.decode ─► RESTORERS[kind] (ORT, in a thread) ─► PNG
-        ─► blobs.put("views/<id>.png") ─► job row (done, image_key) │ (failed, error)
+    queue.get() ─► job row (mark running, attempts + 1) ─► frame row ─► bitstream blob
+        ─► FrameDecoder.decode ─► RESTORERS[kind] at view_size (ORT, in a thread) ─► PNG
+        ─► blobs.put("views/<id>.png") ─► job row (done, image_key, size) │ (failed, error)
 
 A job that fails (missing frame, corrupted bitstream, a restorer error) is marked
 "failed" with the error text and the worker takes the next job: one bad frame never
-stops the view service.
+stops the view service. A view is never larger than ``max_side`` on its long side,
+whatever size the frame declares, so no frame can make a render exhaust memory; and
+a job that does take the process down is retried only ``view_max_attempts`` times
+(``ViewQueue`` counts them at restart).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.metrics import CloudMetrics
-from cloud.restorers import Restorer, load_restorers
+from cloud.restorers import Restorer, load_restorers, view_size
 from cloud.store.frame_store import FrameStore, now_ns
 from cloud.store.records import ViewRecord
 from cloud.view_queue import ViewJobQueue
@@ -56,12 +59,15 @@ class RestoreWorker:
         restorers: Mapping[str, Restorer],
         queue: ViewJobQueue,
         metrics: CloudMetrics,
+        max_side: int | None = None,
     ) -> None:
         self.store = store
         self.decoder = decoder
         self.restorers = restorers
         self.queue = queue
         self.metrics = metrics
+        # The restorer cannot show more detail than the network input it rebuilds.
+        self.max_side = max_side or decoder.input_size
 
     async def run(self) -> None:
         """Serve jobs until cancelled."""
@@ -85,7 +91,7 @@ class RestoreWorker:
             return None
         if job.status in FINISHED:
             return job
-        self.store.update_view(view_id, status="running", started_ns=now_ns())
+        self.store.start_view(view_id)
 
         try:
             # 2. Frame and its exact stored bytes.
@@ -100,8 +106,11 @@ class RestoreWorker:
             data = self.store.read_bitstream(frame)
             # 3. Decode (bit-exact) and render the human view.
             decoded = self.decoder.decode(data)
+            size = view_size(decoded.geometry.image_size, self.max_side)
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
-                image = restorer(decoded)
+                image = restorer(decoded, size)
+            if image.shape[1::-1] != size:
+                raise RuntimeError(f"restorer {job.kind} returned {image.shape}, not {size}")
             # 4. Durable image first, then the row that points at it.
             key = view_image_key(view_id)
             self.store.blobs.put(key, encode_png(image))
@@ -113,7 +122,14 @@ class RestoreWorker:
             )
             self.metrics.views.labels("failed").inc()
         else:
-            self.store.update_view(view_id, status="done", finished_ns=now_ns(), image_key=key)
+            self.store.update_view(
+                view_id,
+                status="done",
+                finished_ns=now_ns(),
+                image_key=key,
+                width=size[0],
+                height=size[1],
+            )
             self.metrics.views.labels("done").inc()
             log.info("view %s done (frame %d, %dx%d)", view_id, frame.id, *image.shape[1::-1])
         return self.store.get_view(view_id)
@@ -127,16 +143,25 @@ def _error_text(exc: Exception) -> str:
 
 
 async def start_view_workers(
-    services: Services, decoder: FrameDecoder, n: int, threads: int = 0
+    services: Services,
+    decoder: FrameDecoder,
+    n: int,
+    threads: int = 0,
+    max_side: int | None = None,
 ) -> list[asyncio.Task[None]]:
-    """Start ``n`` restore workers on the running loop; cancel the tasks to stop them."""
+    """Start ``n`` restore workers on the running loop; cancel the tasks to stop them.
+
+    ``max_side`` caps a view's long side (None: the bundle's network input size).
+    """
     if n < 1:
         raise ValueError(f"view_workers must be ≥ 1, got {n}")
     # Loading sessions is slow and blocking; one set of restorers serves every worker.
     restorers = await asyncio.to_thread(load_restorers, services.bundle, threads)
     tasks = []
     for i in range(n):
-        worker = RestoreWorker(services.store, decoder, restorers, services.views, services.metrics)
+        worker = RestoreWorker(
+            services.store, decoder, restorers, services.views, services.metrics, max_side
+        )
         tasks.append(asyncio.create_task(worker.run(), name=f"restore-worker-{i}"))
     log.info("%d restore workers started", n)
     return tasks

@@ -1,7 +1,13 @@
 """Human views: decoded split features → an RGB image a person can look at.
 
     DecodedFrame.features (C,h,w) ─► restorer network ─► RGB of the letterboxed input
-        ─► crop the letterbox padding ─► resize to the original (w, h) ─► uint8 HxWx3
+        ─► crop the letterbox padding ─► resize to the view size (w, h) ─► uint8 HxWx3
+
+The view size is ``view_size(original, max_side)``: the original frame's size, scaled
+down (aspect kept) so its long side is at most ``max_side``, never scaled up. The cap
+is what keeps a view's memory bounded whatever size a frame declares; the worker
+picks it (``CloudSettings.view_max_side``, by default the network input size: the
+restorer has no more detail than that to show).
 
 Restorers are chosen by *kind* through the explicit ``RESTORERS`` registry; a view
 job names its kind and the restore worker looks it up there.
@@ -41,8 +47,13 @@ class Restorer(ABC):
     def __init__(self, bundle: Bundle, threads: int = 0) -> None: ...
 
     @abstractmethod
-    def __call__(self, frame: DecodedFrame) -> np.ndarray:
-        """Return an RGB uint8 (H, W, 3) image at the frame's original size."""
+    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+        """Return an RGB uint8 (H, W, 3) image of exactly ``size`` (width, height).
+
+        The caller passes ``view_size(frame.geometry.image_size, max_side)``; a restorer
+        never allocates by the frame's declared size, which may be anything up to
+        MAX_IMAGE_SIDE.
+        """
 
 
 class PreviewRestorer(Restorer):
@@ -56,14 +67,27 @@ class PreviewRestorer(Restorer):
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         self.session = open_session(bundle.file("preview"), threads)
 
-    def __call__(self, frame: DecodedFrame) -> np.ndarray:
+    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
         features = frame.features[None].astype(np.float32, copy=False)
         (image,) = self.session.run(None, {"features": features})
-        return uncrop_letterbox(image[0], frame.geometry)
+        return uncrop_letterbox(image[0], frame.geometry, size)
 
 
-def uncrop_letterbox(image_chw: np.ndarray, geometry: Letterbox) -> np.ndarray:
-    """Network-input RGB (3, H, W) in [0, 1] → original-size RGB uint8 (h, w, 3)."""
+def view_size(image_size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) of a view: the original's, scaled down to a long side of max_side."""
+    if max_side < 1:
+        raise ValueError(f"max_side must be ≥ 1, got {max_side}")
+    w, h = image_size
+    if max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def uncrop_letterbox(
+    image_chw: np.ndarray, geometry: Letterbox, size: tuple[int, int]
+) -> np.ndarray:
+    """Network-input RGB (3, H, W) in [0, 1] → RGB uint8 (h, w, 3) of ``size`` (w, h)."""
     expected = (3, geometry.input_size[1], geometry.input_size[0])
     if image_chw.shape != expected:
         raise ValueError(f"restored image has shape {image_chw.shape}, expected {expected}")
@@ -71,9 +95,11 @@ def uncrop_letterbox(image_chw: np.ndarray, geometry: Letterbox) -> np.ndarray:
     new_w, new_h = geometry.resized_size
     inner = image_chw[:, top : top + new_h, left : left + new_w].transpose(1, 2, 0)
     rgb = (np.clip(inner, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if (new_w, new_h) != geometry.image_size:
-        # Linear, not cubic: cubic overshoot adds ringing to an already blurry preview.
-        rgb = cv2.resize(rgb, geometry.image_size, interpolation=cv2.INTER_LINEAR)
+    if (new_w, new_h) != size:
+        # Up: linear, not cubic (cubic overshoot adds ringing to a blurry preview).
+        # Down: area averaging, which does not alias as linear does.
+        shrink = size[0] < new_w or size[1] < new_h
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return np.ascontiguousarray(rgb)
 
 

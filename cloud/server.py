@@ -148,7 +148,9 @@ class CloudServer:
         services = Services(
             store=store, views=views, bundle=bundle, metrics=metrics, readiness=readiness
         )
-        self._workers = await start_view_workers(services, decoder, s.view_workers, s.onnx_threads)
+        self._workers = await start_view_workers(
+            services, decoder, s.view_workers, s.onnx_threads, s.view_max_side
+        )
 
         # 5. REST API.
         app = create_app(s, services)

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from codec.wire import CAMERA_ID
+from codec.wire import CAMERA_ID, MAX_IMAGE_SIDE
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -35,6 +35,19 @@ class CloudSettings(BaseSettings):
     )
     max_queued_views: int = Field(64, ge=1, description="View jobs waiting before 503")
     view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")
+    view_max_side: int | None = Field(
+        None,
+        ge=16,
+        le=MAX_IMAGE_SIDE,
+        description="Longest side of a rendered view in pixels; a view is the frame's own "
+        "size or smaller, aspect kept, never larger (none: the bundle's network input size)",
+    )
+    view_max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Times a view job may be started; a job still running after that many "
+        "starts (the process died rendering it) is marked failed at restart, not re-queued",
+    )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
 
     camera_tokens: dict[str, str] = Field(

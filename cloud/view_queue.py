@@ -5,7 +5,9 @@
 
 The database row is the job; the queue only holds its id. A job is persisted
 before it is enqueued, and a new ViewQueue re-enqueues every job the store still
-has queued or running, so a restart loses no requested view.
+has queued or running, so a restart loses no requested view. A job found running
+that was already started ``view_max_attempts`` times took the process down that
+often: it is marked failed instead, so one bad job cannot crash-loop the cloud.
 
 This is the embedded default. Redis or NATS JetStream queues come later behind the
 same small ``ViewJobQueue`` protocol.
@@ -79,6 +81,7 @@ class ViewQueue:
         self.metrics = metrics
         self._kinds = tuple(kinds)
         self.max_queued = settings.max_queued_views
+        self.max_attempts = settings.view_max_attempts
         self._lock = threading.Lock()
         self._pending: deque[str] = deque()
         self._reserved = 0  # slots taken by submits whose row is being written
@@ -123,15 +126,30 @@ class ViewQueue:
         return view
 
     def _recover(self) -> None:
-        # Jobs a previous process accepted; "running" ones died with it, so run them again.
-        unfinished = self.store.unfinished_views()
-        for view in unfinished:
+        # Jobs a previous process accepted; "running" ones died with it, so run them again,
+        # unless they died every time they ran.
+        requeued = 0
+        for view in self.store.unfinished_views():
             if view.status == "running":
+                if view.attempts >= self.max_attempts:
+                    self._give_up(view)
+                    continue
                 self.store.update_view(view.id, status="queued", started_ns=None)
             self._push(view.id)  # already accepted: not subject to the bound
-        if unfinished:
-            log.info("re-queued %d unfinished view jobs", len(unfinished))
+            requeued += 1
+        if requeued:
+            log.info("re-queued %d unfinished view jobs", requeued)
         self._update_gauge()
+
+    def _give_up(self, view: ViewRecord) -> None:
+        error = (
+            f"the worker died while rendering this view {view.attempts} "
+            f"time{'s' if view.attempts != 1 else ''} "
+            f"(view_max_attempts={self.max_attempts}); it is not retried"
+        )
+        log.error("view %s (frame %d): %s", view.id, view.frame_id, error)
+        self.store.update_view(view.id, status="failed", finished_ns=now_ns(), error=error)
+        self.metrics.views.labels("failed").inc()
 
     def _push(self, view_id: str, reserved: bool = False) -> None:
         with self._lock:

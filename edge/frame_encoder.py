@@ -12,6 +12,7 @@ from pathlib import Path
 
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
+from codec.wire import MAX_IMAGE_SIDE
 from edge.encoder_backends import open_backend
 from edge.preprocess import letterbox
 from edge.sources import CapturedFrame
@@ -24,6 +25,10 @@ class EncodedFrame:
     rate_level: int
     bitstream: bytes
     stage_ms: dict[str, float]
+
+
+class FrameTooLarge(ValueError):
+    """A frame larger than the wire contract's MAX_IMAGE_SIDE; the cloud would refuse it."""
 
 
 class FrameEncoder:
@@ -54,6 +59,14 @@ class FrameEncoder:
     def encode(self, frame: CapturedFrame, rate_level: int) -> EncodedFrame:
         if not 0 <= rate_level < self.codec.num_levels:
             raise ValueError(f"rate_level {rate_level} outside 0..{self.codec.num_levels - 1}")
+        h, w = frame.image.shape[:2]
+        if max(w, h) > MAX_IMAGE_SIDE:
+            # Refused, not downscaled: boxes are in the source's pixels, and a silently
+            # downscaled frame would put them in another grid.
+            raise FrameTooLarge(
+                f"frame {frame.index} is {w}x{h}: a side exceeds MAX_IMAGE_SIDE "
+                f"{MAX_IMAGE_SIDE}; set the source to a lower resolution"
+            )
         t0 = time.perf_counter()
         image, geometry = letterbox(frame.image, self.input_size, self.pad_multiple)
         t1 = time.perf_counter()

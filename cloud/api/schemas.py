@@ -197,6 +197,12 @@ class ViewOut(BaseModel):
     finished: str | None
     finished_ns: int | None
     error: str | None = Field(description="Why the job failed (status failed)")
+    attempts: int = Field(description="Times a worker started the job")
+    width: int | None = Field(
+        description="Width of the rendered image (status done): the frame's, or smaller so "
+        "the long side is at most view_max_side"
+    )
+    height: int | None = Field(description="Height of the rendered image (status done)")
     links: ViewLinks
 
     @classmethod
@@ -215,6 +221,9 @@ class ViewOut(BaseModel):
             finished=optional_iso(v.finished_ns),
             finished_ns=v.finished_ns,
             error=v.error,
+            attempts=v.attempts,
+            width=v.width,
+            height=v.height,
             links=ViewLinks(self=f"/v1/views/{v.id}", image=f"/v1/views/{v.id}/image"),
         )
 

@@ -28,6 +28,7 @@ from cloud.store.records import (
     ViewRecord,
 )
 from cloud.store.schema import cameras, detections, frames, metadata, views
+from cloud.store.upgrades import upgrade_schema
 
 
 def now_ns() -> int:
@@ -56,6 +57,7 @@ class FrameStore:
         self.engine = engine
         self.blobs = blobs
         metadata.create_all(engine)
+        upgrade_schema(engine)  # columns added since the database was created
 
     @classmethod
     def open(cls, database_url: str, blob_dir: Path) -> FrameStore:
@@ -252,6 +254,15 @@ class FrameStore:
         with self.engine.connect() as conn:
             row = conn.execute(select(views).where(views.c.id == view_id)).first()
         return None if row is None else ViewRecord(**row._mapping)
+
+    def start_view(self, view_id: str) -> None:
+        """Mark a job running and count the attempt (in the database, so it survives us)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(views)
+                .where(views.c.id == view_id)
+                .values(status="running", started_ns=now_ns(), attempts=views.c.attempts + 1)
+            )
 
     def update_view(self, view_id: str, **values: object) -> None:
         unknown = set(values) - set(views.c.keys())

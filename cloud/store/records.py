@@ -78,3 +78,8 @@ class ViewRecord:
     finished_ns: int | None = None
     error: str | None = None
     image_key: str | None = None
+    attempts: int = 0
+    """times a worker started the job"""
+    width: int | None = None
+    """rendered image size (status done)"""
+    height: int | None = None

@@ -85,5 +85,9 @@ views = Table(
     Column("finished_ns", BigInteger),
     Column("error", Text),
     Column("image_key", String(256)),
+    # Starts of the job: a job the process died rendering is retried only so often.
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("width", Integer),  # the rendered image's size (status done)
+    Column("height", Integer),
     Index("ix_views_status", "status", "created_ns"),
 )

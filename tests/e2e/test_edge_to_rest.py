@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from cloud.restorers import view_size
 from codec.bundle import Bundle
 from fchm.cloud_process import CloudProcess
 from tests.conftest import sample_images
@@ -58,6 +59,10 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         assert status["status"] == "done", status
         png = api.get(f"/v1/views/{view_id}/image")
         assert png.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(png.content)).size == sizes[min(sizes)]
+        # The frame's size, capped to the network input size on the long side (the default).
+        side = tiny_bundle.manifest.detector.input_size
+        expected = view_size(sizes[min(sizes)], side)
+        assert Image.open(io.BytesIO(png.content)).size == expected
+        assert (status["width"], status["height"]) == expected
     finally:
         assert cloud.stop() == 0

@@ -119,7 +119,7 @@ def test_preview_runs_on_the_decoded_latent(tiny_learned_bundle: Bundle) -> None
 
     original = cv2.imread(str(sample_images()[0]))
     decoded = decoder.decode(encoder.encode(CapturedFrame(0, 0, original), 7).bitstream)
-    image = RESTORERS["preview"](tiny_learned_bundle)(decoded)
+    image = RESTORERS["preview"](tiny_learned_bundle)(decoded, decoded.geometry.image_size)
     assert image.shape == original.shape and image.dtype == np.uint8
 
 

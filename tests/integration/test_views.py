@@ -1,5 +1,6 @@
 """View jobs end to end with real parts: POST /v1/views → ViewQueue (SQLite rows) →
-RestoreWorker (real preview.onnx) → GET the PNG; failures and restarts."""
+RestoreWorker (real preview.onnx) → GET the PNG; view size, failures, restarts and
+the jobs that kept killing the worker."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from cloud.api.deps import Services, readiness_checks
 from cloud.frame_decoder import FrameDecoder
 from cloud.metrics import CloudMetrics
 from cloud.restore_worker import FINISHED, RestoreWorker, start_view_workers
-from cloud.restorers import PreviewRestorer, Restorer, load_restorers
+from cloud.restorers import PreviewRestorer, Restorer, load_restorers, view_size
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import ViewRecord
@@ -45,8 +46,10 @@ class ViewEnv:
     def services(self) -> Services:
         return Services(self.store, self.queue, self.bundle, self.metrics, readiness_checks({}))
 
-    def worker(self) -> RestoreWorker:
-        return RestoreWorker(self.store, self.decoder, self.restorers, self.queue, self.metrics)
+    def worker(self, max_side: int | None = None) -> RestoreWorker:
+        return RestoreWorker(
+            self.store, self.decoder, self.restorers, self.queue, self.metrics, max_side
+        )
 
     def restart(self) -> None:
         """A new process: a new queue (and metrics) over the same database and blobs."""
@@ -95,8 +98,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / mse)
 
 
-def test_view_is_rendered_at_the_original_size(env: ViewEnv, client: TestClient) -> None:
+def test_view_is_rendered_at_the_capped_size(env: ViewEnv, client: TestClient) -> None:
     sample = env.samples[0]
+    # bus.jpg is 810x1080; views default to the network input size on the long side.
+    side = env.bundle.manifest.detector.input_size
+    size = view_size(sample.image_size, side)
+    assert max(size) == side < max(sample.image_size)
     r = client.post("/v1/views", json={"frame_id": sample.frame_id})
     assert r.status_code == 202, r.text
     body = r.json()
@@ -116,6 +123,7 @@ def test_view_is_rendered_at_the_original_size(env: ViewEnv, client: TestClient)
 
     view = client.get(body["links"]["self"]).json()
     assert view["status"] == "done" and view["error"] is None
+    assert (view["width"], view["height"], view["attempts"]) == (*size, 1)
     assert view["created_ns"] <= view["started_ns"] <= view["finished_ns"]
     assert view["finished"].endswith("Z")
     assert "linear decoder" in view["description"] and "not the diffusion" in view["description"]
@@ -123,11 +131,26 @@ def test_view_is_rendered_at_the_original_size(env: ViewEnv, client: TestClient)
     r = client.get(body["links"]["image"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(r.content))
-    assert image.mode == "RGB" and image.size == sample.image_size
+    assert image.mode == "RGB" and image.size == size
     # Blurry, but the preview was fitted on these images: it must resemble the original.
-    original = np.asarray(Image.open(sample.image).convert("RGB"))
-    assert psnr(np.asarray(image), original) > 14.0
+    original = Image.open(sample.image).convert("RGB").resize(size, Image.Resampling.BOX)
+    assert psnr(np.asarray(image), np.asarray(original)) > 14.0
     assert env.metrics.views.labels("done")._value.get() == 1
+
+
+def test_view_is_never_larger_than_its_frame(env: ViewEnv) -> None:
+    # A cap above the frame's size renders the frame's own size, not an upscaled one.
+    sample = env.samples[0]
+    job = env.queue.submit(sample.frame_id, "preview")
+    done = env.worker(max_side=4096).render_once(job.id)
+    assert done is not None and done.status == "done"
+    assert (done.width, done.height) == sample.image_size
+    # A smaller cap keeps the aspect: 1080 → 100 on the long side.
+    job = env.queue.submit(sample.frame_id, "preview")
+    done = env.worker(max_side=100).render_once(job.id)
+    assert done is not None and (done.width, done.height) == (75, 100)
+    png = env.store.blobs.get(done.image_key or "")
+    assert Image.open(io.BytesIO(png)).size == (75, 100)
 
 
 def test_view_by_camera_and_sequence(env: ViewEnv, client: TestClient) -> None:
@@ -235,18 +258,44 @@ def test_restart_requeues_unfinished_jobs(env: ViewEnv) -> None:
     running = env.queue.submit(env.samples[1].frame_id, "preview")
     finished = env.queue.submit(env.samples[1].frame_id, "preview")
     env.worker().render_once(finished.id)
-    # The process died while rendering `running`.
-    env.store.update_view(running.id, status="running", started_ns=T0_NS)
+    # The process died while rendering `running`: a worker had started it, once.
+    env.store.start_view(running.id)
+    assert env.settings.view_max_attempts == 2
 
     env.restart()
     assert env.queue.depth() == 2
     assert env.metrics.views_queued._value.get() == 2
     reset = env.store.get_view(running.id)
     assert reset is not None and reset.status == "queued" and reset.started_ns is None
+    assert reset.attempts == 1
 
     views = asyncio.run(run_until_finished(env, [queued.id, running.id], n_workers=2))
-    assert [v.status for v in views] == ["done", "done"]
+    assert [(v.status, v.attempts) for v in views] == [("done", 1), ("done", 2)]
     assert env.queue.depth() == 0
+
+
+def test_a_job_that_killed_the_worker_max_times_is_failed_not_requeued(env: ViewEnv) -> None:
+    deadly = env.queue.submit(env.samples[0].frame_id, "preview")
+    other = env.queue.submit(env.samples[1].frame_id, "preview")
+    # Each time the process started `deadly` it died, restarted and re-queued it.
+    for attempt in range(1, env.settings.view_max_attempts + 1):
+        env.store.start_view(deadly.id)
+        if attempt < env.settings.view_max_attempts:
+            env.restart()
+            assert env.store.get_view(deadly.id).status == "queued"  # type: ignore[union-attr]
+
+    env.restart()
+    failed = env.store.get_view(deadly.id)
+    assert failed is not None and failed.status == "failed" and failed.finished_ns is not None
+    assert failed.error == (
+        "the worker died while rendering this view 2 times (view_max_attempts=2); it is not retried"
+    )
+    assert env.metrics.views.labels("failed")._value.get() == 1
+    # Only the other job is queued, and it renders; the failed one stays failed.
+    assert env.queue.depth() == 1 and next_job(env.queue) == other.id
+    assert env.worker().render_once(deadly.id) == failed
+    env.restart()
+    assert env.queue.depth() == 1  # `other` is still queued; `deadly` is not back
 
 
 def test_workers_wait_for_jobs_submitted_from_another_thread(env: ViewEnv) -> None:
