@@ -132,8 +132,6 @@ class CloudServer:
             "mutual TLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext",
             f"camera tokens: {len(s.camera_tokens)}" if auth.enabled else "no camera tokens",
         )
-        if not auth.enabled and s.grpc_host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("camera_tokens is empty: any client may stream as any camera")
 
         # 4. Views: the queue (restarted jobs re-queued) and its workers.
         views = ViewQueue(store, s, metrics)

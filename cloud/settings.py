@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 
@@ -83,5 +84,28 @@ class CloudSettings(BaseSettings):
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mutual TLS runs over TLS)")
         return self
 
+    @model_validator(mode="after")
+    def _tokens_beyond_loopback(self) -> CloudSettings:
+        # Without tokens any client may stream as any camera: acceptable only when no
+        # other machine can reach the port. (REST always needs an API key.)
+        if not self.camera_tokens and not is_loopback(self.grpc_host):
+            raise ValueError(
+                f"grpc_host {self.grpc_host!r} accepts cameras from other machines, so "
+                "camera_tokens must be set (`fchm cloud token --camera ID` prints one; "
+                'FCHM_CLOUD_CAMERA_TOKENS=\'{"cam1": "<sha256>"}\'), or bind grpc_host '
+                "to 127.0.0.1"
+            )
+        return self
+
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fchm.db'}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost; a name that resolves elsewhere is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -2,6 +2,7 @@
 
     fchm cloud serve      gRPC ingest + REST API + view workers (one process)
     fchm cloud token      a new camera token and the hash for the cloud's config
+    fchm cloud key        REST API keys: create (printed once), list, revoke
     fchm edge run         camera agent: source → encoder → codec → uplink
     fchm model export     Ultralytics checkpoint → bundle
     fchm model eval       a bundle's codec vs JPEG/WebP/H.264: JSON table, plot
@@ -31,7 +32,12 @@ app = typer.Typer(
 cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 edge_app = typer.Typer(help="The camera edge agent.", no_args_is_help=True)
 model_app = typer.Typer(help="Model lifecycle: train, export, eval.", no_args_is_help=True)
+key_app = typer.Typer(
+    help="REST API keys, stored hashed in the cloud's database (cloud running or not).",
+    no_args_is_help=True,
+)
 app.add_typer(cloud_app, name="cloud")
+cloud_app.add_typer(key_app, name="key")
 app.add_typer(edge_app, name="edge")
 app.add_typer(model_app, name="model")
 
@@ -115,6 +121,72 @@ def cloud_token(
     typer.echo("# cloud config: add under camera_tokens")
     typer.echo("camera_tokens:")
     typer.echo(f"  {camera}: {hash_token(token)}")
+
+
+DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory")]
+DatabaseUrlOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL")]
+
+
+@key_app.command("create")
+def key_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for")],
+    scope: Annotated[
+        list[str], typer.Option(help="read, view (implies read) or admin; repeatable")
+    ],
+    camera: Annotated[
+        list[str] | None, typer.Option(help="Only this camera (repeatable; default: all)")
+    ] = None,
+    expires_days: Annotated[
+        float | None, typer.Option(help="Expire after this many days (default: never)")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Create an API key; print the key (stdout, shown only now) and its id (stderr)."""
+    from cloud.key_admin import KEY_ERRORS, expiry_ns, open_key_store
+
+    try:
+        keys = open_key_store(config, data_dir, database_url)
+        record, key = keys.create(name, scope, camera or [], expiry_ns(expires_days))
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+    typer.echo(
+        f"created API key {record.id} ({record.name}; scope {', '.join(record.scopes)}; "
+        f"cameras {', '.join(record.cameras) or 'all'}); the key is shown only now:",
+        err=True,
+    )
+    typer.echo(key)
+
+
+@key_app.command("list")
+def key_list(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
+) -> None:
+    """Every API key (never the key itself): id, name, scopes, cameras, times, state."""
+    from cloud.key_admin import KEY_ERRORS, key_table, open_key_store
+
+    try:
+        typer.echo(key_table(open_key_store(config, data_dir, database_url).list()))
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (fchm cloud key list)")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Revoke a key: the next request that presents it is refused (401)."""
+    from cloud.key_admin import KEY_ERRORS, open_key_store
+
+    try:
+        record = open_key_store(config, data_dir, database_url).revoke(key_id)
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"revoked API key {record.id} ({record.name})")
 
 
 @edge_app.command("run")

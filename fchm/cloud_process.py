@@ -1,10 +1,13 @@
 """``fchm cloud serve`` as a child process on loopback: for the demo, the benchmarks,
 and the tests that must kill and restart a real cloud.
 
-    CloudProcess(bundle, data_dir).start() ─► spawn ─► poll /readyz ─► ready
+    CloudProcess(bundle, data_dir).start() ─► admin API key ─► spawn ─► poll /readyz ─► ready
+                                   .api() (httpx client with that key), .create_key(...)
                                    .kill() (SIGKILL) / .stop() (SIGTERM, exit code)
 
-Ports are picked once, so a restarted cloud comes back where its edges expect it.
+Ports are picked once, so a restarted cloud comes back where its edges expect it. Keys
+are written straight into the cloud's SQLite file in ``data_dir``, as
+``fchm cloud key create`` does, so they work before, during and after a run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -41,6 +45,8 @@ class CloudProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
                     "FCHM_CLOUD_ONNX_THREADS": str(onnx_threads)}  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
+        self.api_key: str | None = None
+        """an admin key, made by the first start()"""
 
     @property
     def grpc_target(self) -> str:
@@ -50,7 +56,31 @@ class CloudProcess:
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def create_key(self, name: str, scopes: Sequence[str], cameras: Sequence[str] = ()) -> str:
+        """A new REST API key in this cloud's database (running or not)."""
+        from cloud.store.api_keys import ApiKeyStore
+        from cloud.store.frame_store import open_engine
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = open_engine(f"sqlite:///{self.data_dir / 'fchm.db'}")
+        try:
+            return ApiKeyStore(engine).create(name, scopes, cameras)[1]
+        finally:
+            engine.dispose()
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        key = key or self.api_key
+        if key is None:
+            raise RuntimeError("no API key yet: start() makes one, or pass create_key()'s")
+        return {"Authorization": f"Bearer {key}"}
+
+    def api(self, key: str | None = None, timeout: float = 30.0) -> httpx.Client:
+        """An httpx client for the REST API with ``key`` (default: the admin key)."""
+        return httpx.Client(base_url=self.http_base, headers=self.headers(key), timeout=timeout)
+
     def start(self, timeout_s: float = 120) -> CloudProcess:
+        if self.api_key is None:  # a restart keeps the key: it is in the database
+            self.api_key = self.create_key("cloud-process", ["admin"])
         out = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fchm", "cloud", "serve", "--bundle", str(self.bundle),

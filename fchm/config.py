@@ -58,7 +58,11 @@ def load_settings(cls: type[S], config_file: Path | None = None, **overrides: An
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         problems = "; ".join(
+            # A model-level check (no loc) names its fields itself; its input is the whole
+            # config, secrets (database_url's password) included: never shown.
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {_shown(err)})"
+            if err["loc"]
+            else err["msg"]
             for err in exc.errors()
         )
         source = f" in {config_file}" if config_file else ""

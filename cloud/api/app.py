@@ -6,6 +6,7 @@
         ├─ /v1/frames       frames.py
         ├─ /v1/views        views.py
         └─ /healthz /readyz /metrics   health.py
+    every route but /healthz, /readyz (and /docs) ─► auth.py: an API key with a scope
     every error ─► errors.handle_error ─► {"error": {"status", "message", "field"}}
 
 The app starts no background work: the server's lifespan hook starts the restore
@@ -15,6 +16,7 @@ workers (``cloud.restore_worker.start_view_workers``) and ingest.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -24,6 +26,9 @@ from cloud.api import cameras, detections, frames, health, views
 from cloud.api.deps import Services
 from cloud.api.errors import install_error_handlers
 from cloud.settings import CloudSettings
+from cloud.store.api_keys import ApiKeyStore
+
+log = logging.getLogger(__name__)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -36,6 +41,11 @@ which is restored from that same bitstream.
 Times are given as ISO-8601 UTC and as integer nanoseconds since the epoch. Lists are
 ordered by capture time and paged with an opaque `cursor`. Every error has the body
 `{"error": {"status", "message", "field"}}`.
+
+Every route but `/healthz` and `/readyz` needs an API key (`fchm cloud key create`),
+sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: `read` (cameras,
+detections, frames, bitstreams, views), `view` (request views; implies `read`),
+`admin` (everything, `/metrics`). A key may be limited to some cameras.
 """
 
 
@@ -57,6 +67,10 @@ def create_app(
     )
     app.state.settings = settings
     app.state.services = services
+    app.state.api_keys = keys = ApiKeyStore(services.store.engine)
+    if not keys.any_active():
+        log.warning("no active API keys: every REST call but /healthz, /readyz is refused; "
+                    "create one with `fchm cloud key create --name NAME --scope read`")  # fmt: skip
     install_error_handlers(app)
     for module in (cameras, detections, frames, views, health):
         app.include_router(module.router)

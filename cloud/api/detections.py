@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
+from cloud.api.auth import ReadKey, check_camera, require_read
 from cloud.api.deps import BundleDep, StoreDep
 from cloud.api.errors import ApiError
 from cloud.api.params import (
@@ -21,13 +22,19 @@ from cloud.api.params import (
 from cloud.api.schemas import DetectionOut, DetectionPage, error_responses
 from cloud.store.records import DetectionQuery
 
-router = APIRouter(prefix="/v1/detections", tags=["detections"])
+router = APIRouter(
+    prefix="/v1/detections",
+    tags=["detections"],
+    dependencies=[Depends(require_read)],
+    responses=error_responses(401, 403),
+)
 
 
 @router.get("", summary="Query detections", responses=error_responses(400, 422))
 def query_detections(
     store: StoreDep,
     bundle: BundleDep,
+    key: ReadKey,
     camera: CameraQ = None,
     label: Annotated[str | None, Query(max_length=128, description="Class label")] = None,
     since: SinceQ = None,
@@ -44,9 +51,12 @@ def query_detections(
             f"detector; valid labels: {bundle.class_names}",
             field="label",
         )
+    if camera is not None:
+        check_camera(key, camera)
     since_ns, until_ns = time_window(since, until)
     query = DetectionQuery(
         camera_id=camera,
+        cameras=key.camera_filter,
         label=label,
         since_ns=since_ns,
         until_ns=until_ns,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 
+from cloud.api.auth import ReadKey, check_camera, require_read
 from cloud.api.deps import StoreDep
 from cloud.api.errors import ApiError
 from cloud.api.params import (
@@ -21,12 +22,18 @@ from cloud.api.params import (
     time_window,
 )
 from cloud.api.schemas import DetectionOut, FrameDetail, FrameOut, FramePage, error_responses
+from cloud.store.api_keys import ApiKey
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import DetectionQuery, FrameRecord
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/frames", tags=["frames"])
+router = APIRouter(
+    prefix="/v1/frames",
+    tags=["frames"],
+    dependencies=[Depends(require_read)],
+    responses=error_responses(401, 403),
+)
 
 FrameId = Annotated[int, Path(ge=1, le=INT64_MAX, description="Frame id")]
 
@@ -36,6 +43,7 @@ MAX_DETECTIONS_PER_FRAME = 1000  # the detector tail keeps at most 300
 @router.get("", summary="List frames", responses=error_responses(400, 422))
 def list_frames(
     store: StoreDep,
+    key: ReadKey,
     camera: CameraQ = None,
     since: SinceQ = None,
     until: UntilQ = None,
@@ -43,15 +51,19 @@ def list_frames(
     cursor: CursorQ = None,
 ) -> FramePage:
     """Frames ordered by capture time (then id). Follow `next_cursor` for more."""
+    if camera is not None:
+        check_camera(key, camera)
     since_ns, until_ns = time_window(since, until)
-    found = store.list_frames(camera, since_ns, until_ns, limit + 1, decode_cursor(cursor))
+    found = store.list_frames(
+        camera, since_ns, until_ns, limit + 1, decode_cursor(cursor), cameras=key.camera_filter
+    )
     rows, next_cursor = page(found, limit, lambda f: (f.capture_time_ns, f.id or 0))
     return FramePage(items=[FrameOut.of(f) for f in rows], next_cursor=next_cursor)
 
 
 @router.get("/{frame_id}", summary="One frame and its detections", responses=error_responses(404))
-def get_frame(frame_id: FrameId, store: StoreDep) -> FrameDetail:
-    frame = _frame_or_404(store, frame_id)
+def get_frame(frame_id: FrameId, store: StoreDep, key: ReadKey) -> FrameDetail:
+    frame = _frame_or_404(store, frame_id, key)
     found = store.query_detections(
         DetectionQuery(frame_id=frame_id, limit=MAX_DETECTIONS_PER_FRAME)
     )
@@ -66,8 +78,8 @@ def get_frame(frame_id: FrameId, store: StoreDep) -> FrameDetail:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404, 500)},
 )
-def get_bitstream(frame_id: FrameId, store: StoreDep) -> Response:
-    frame = _frame_or_404(store, frame_id)
+def get_bitstream(frame_id: FrameId, store: StoreDep, key: ReadKey) -> Response:
+    frame = _frame_or_404(store, frame_id, key)
     try:
         data = store.read_bitstream(frame)
     except FileNotFoundError as exc:
@@ -81,8 +93,8 @@ def get_bitstream(frame_id: FrameId, store: StoreDep) -> Response:
     )
 
 
-def _frame_or_404(store: FrameStore, frame_id: int) -> FrameRecord:
+def _frame_or_404(store: FrameStore, frame_id: int, key: ApiKey) -> FrameRecord:
     frame = store.get_frame(frame_id)
-    if frame is None:
+    if frame is None or not key.allows(frame.camera_id):  # see cloud/api/auth.py
         raise ApiError(404, f"frame {frame_id} does not exist", field="frame_id")
     return frame

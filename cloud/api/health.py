@@ -1,15 +1,17 @@
-"""/healthz (the process answers), /readyz (every named check passes), /metrics."""
+"""/healthz (the process answers), /readyz (every named check passes): open to
+probes, no key; /metrics needs an admin key (it names every camera)."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cloud.api.auth import require_admin
 from cloud.api.deps import MetricsDep, ServicesDep
-from cloud.api.schemas import Health, Readiness
+from cloud.api.schemas import Health, Readiness, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,10 @@ def readyz(services: ServicesDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (admin key)",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    dependencies=[Depends(require_admin)],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **error_responses(401, 403)},
 )
 def metrics(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 
+from cloud.api.auth import ReadKey, ViewKey, check_camera, require_read
 from cloud.api.deps import StoreDep, ViewsDep
 from cloud.api.errors import ApiError
 from cloud.api.schemas import ViewOut, ViewRequest, error_responses
+from cloud.store.api_keys import ApiKey
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import ViewRecord
 from cloud.view_queue import QueueFull, UnknownFrame, UnknownViewKind
 
-router = APIRouter(prefix="/v1/views", tags=["views"])
+# Reading views needs read; POST needs view (which implies read).
+router = APIRouter(
+    prefix="/v1/views",
+    tags=["views"],
+    dependencies=[Depends(require_read)],
+    responses=error_responses(401, 403),
+)
 
 RETRY_AFTER_S = 5
 ViewId = Annotated[str, Path(max_length=64, description="View job id")]
@@ -31,11 +39,13 @@ ViewId = Annotated[str, Path(max_length=64, description="View job id")]
     summary="Request a human view of a frame",
     responses=error_responses(400, 404, 422, 503),
 )
-def create_view(body: ViewRequest, store: StoreDep, views: ViewsDep, response: Response) -> ViewOut:
+def create_view(
+    body: ViewRequest, store: StoreDep, views: ViewsDep, response: Response, key: ViewKey
+) -> ViewOut:
     """Queue a job that restores an image from the frame's bitstream; poll `links.self`."""
     if body.kind not in views.kinds:  # before the frame lookup: the cheaper mistake first
         raise _bad_kind(UnknownViewKind(body.kind, views.kinds))
-    frame_id = _resolve_frame(body, store)
+    frame_id = _resolve_frame(body, store, key)
     try:
         view = views.submit(frame_id, body.kind)
     except UnknownViewKind as exc:
@@ -51,8 +61,8 @@ def create_view(body: ViewRequest, store: StoreDep, views: ViewsDep, response: R
 
 
 @router.get("/{view_id}", summary="A view job's status", responses=error_responses(404))
-def get_view(view_id: ViewId, store: StoreDep) -> ViewOut:
-    return ViewOut.of(_view_or_404(store, view_id))
+def get_view(view_id: ViewId, store: StoreDep, key: ReadKey) -> ViewOut:
+    return ViewOut.of(_view_or_404(store, view_id, key))
 
 
 @router.get(
@@ -61,8 +71,8 @@ def get_view(view_id: ViewId, store: StoreDep) -> ViewOut:
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 500)},
 )
-def get_view_image(view_id: ViewId, store: StoreDep) -> Response:
-    view = _view_or_404(store, view_id)
+def get_view_image(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response:
+    view = _view_or_404(store, view_id, key)
     if view.status != "done" or view.image_key is None:
         detail = f": {view.error}" if view.status == "failed" else "; poll the view and retry"
         raise ApiError(
@@ -82,18 +92,23 @@ def get_view_image(view_id: ViewId, store: StoreDep) -> Response:
     )
 
 
-def _resolve_frame(body: ViewRequest, store: FrameStore) -> int:
+def _resolve_frame(body: ViewRequest, store: FrameStore, key: ApiKey) -> int:
     if body.frame_id is not None:
         if body.camera is not None or body.sequence is not None:
             raise ApiError(
                 422, "body: give either 'frame_id' or 'camera' and 'sequence', not both", "frame_id"
             )
+        if key.cameras:  # another camera's frame reads as missing (cloud/api/auth.py)
+            frame = store.get_frame(body.frame_id)
+            if frame is None or not key.allows(frame.camera_id):
+                raise ApiError(404, f"frame {body.frame_id} does not exist", field="frame_id")
         return body.frame_id
     if body.camera is None or body.sequence is None:
         if body.camera is None and body.sequence is None:
             raise ApiError(422, "body: give 'frame_id', or 'camera' and 'sequence'", "frame_id")
         missing = "camera" if body.camera is None else "sequence"
         raise ApiError(422, f"body field '{missing}': needed with the other one", missing)
+    check_camera(key, body.camera)
     frame = store.find_frame(body.camera, body.sequence)
     if frame is None or frame.id is None:
         raise ApiError(
@@ -108,8 +123,11 @@ def _bad_kind(exc: UnknownViewKind) -> ApiError:
     return ApiError(400, f"body field 'kind': {exc}", field="kind")
 
 
-def _view_or_404(store: FrameStore, view_id: str) -> ViewRecord:
+def _view_or_404(store: FrameStore, view_id: str, key: ApiKey) -> ViewRecord:
     view = store.get_view(view_id)
+    if view is not None and key.cameras:  # another camera's view reads as missing
+        frame = store.get_frame(view.frame_id)
+        view = view if frame is not None and key.allows(frame.camera_id) else None
     if view is None:
         raise ApiError(404, f"view {view_id} does not exist", field="view_id")
     return view

@@ -196,10 +196,13 @@ class FrameStore:
         until_ns: int | None,
         limit: int,
         after: tuple[int, int] | None,
+        cameras: Sequence[str] | None = None,
     ) -> list[FrameRecord]:
         conds = _time_window(frames, since_ns, until_ns, after)
         if camera_id is not None:
             conds.append(frames.c.camera_id == camera_id)
+        if cameras is not None:
+            conds.append(frames.c.camera_id.in_(cameras))
         query = (
             select(frames)
             .where(and_(True, *conds))
@@ -218,6 +221,8 @@ class FrameStore:
         conds = _time_window(detections, q.since_ns, q.until_ns, q.after)
         if q.camera_id is not None:
             conds.append(d.camera_id == q.camera_id)
+        if q.cameras is not None:
+            conds.append(d.camera_id.in_(q.cameras))
         if q.label is not None:
             conds.append(d.label == q.label)
         if q.min_score is not None:

@@ -56,6 +56,8 @@ class StoredFrame:
 @dataclass(frozen=True)
 class DetectionQuery:
     camera_id: str | None = None
+    cameras: tuple[str, ...] | None = None
+    """only these cameras (an API key limited to them); None: every camera"""
     label: str | None = None
     since_ns: int | None = None
     until_ns: int | None = None

@@ -4,6 +4,7 @@ same on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     Float,
@@ -90,4 +91,19 @@ views = Table(
     Column("width", Integer),  # the rendered image's size (status done)
     Column("height", Integer),
     Index("ix_views_status", "status", "created_ns"),
+)
+
+# REST API keys (cloud/store/api_keys.py). Only the sha256 of a key is stored; the key
+# itself is printed once by `fchm cloud key create`.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("key_sha256", String(64), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("cameras", JSON, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger),
+    Column("revoked_ns", BigInteger),
 )

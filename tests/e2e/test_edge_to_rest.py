@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from PIL import Image
 
 from cloud.restorers import view_size
@@ -24,7 +23,7 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         shutil.copy(path, frames / f"{i:03d}{path.suffix}")
     cloud = CloudProcess(tiny_bundle.path, tmp_path / "cloud", log=tmp_path / "cloud.log")
     cloud.start()
-    api = httpx.Client(base_url=cloud.http_base, timeout=10)
+    api = cloud.api(timeout=10)
     try:
         edge = subprocess.run(
             [sys.executable, "-m", "fchm", "edge", "run", "--source", str(frames),

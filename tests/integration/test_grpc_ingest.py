@@ -5,7 +5,6 @@ from pathlib import Path
 
 import cv2
 import grpc
-import httpx
 import pytest
 
 from codec.bitstream import FrameBitstream
@@ -54,7 +53,7 @@ def test_frames_are_acked_stored_and_replays_are_idempotent(
     first = stream(cloud, tiny_bundle, "cam-a", frames, tmp_path)
     assert (first.stats.acked, first.stats.duplicates, first.fatal) == (2, 0, None)
 
-    api = httpx.Client(base_url=cloud.http_base)
+    api = cloud.api()
     cams = api.get("/v1/cameras").json()["items"]
     assert [(c["camera_id"], c["num_frames"]) for c in cams] == [("cam-a", 2)]
     stored = api.get("/v1/frames", params={"camera": "cam-a"}).json()["items"]
@@ -130,7 +129,7 @@ def test_malformed_bitstream_is_invalid_argument_and_the_server_keeps_serving(
     assert "rate_level 5 differs" in (error.details() or "")
 
     # The acknowledged frame stayed stored, the rejected ones did not, and ingest goes on.
-    api = httpx.Client(base_url=cloud.http_base)
+    api = cloud.api()
     assert [
         f["sequence"] for f in api.get("/v1/frames", params={"camera": "cam-b"}).json()["items"]
     ] == [0]
@@ -195,7 +194,7 @@ def test_capture_times_are_corrected_for_a_skewed_edge_clock(
     uplink.start()
     assert uplink.stop(flush_timeout_s=20)
     assert uplink.stats.acked == 1
-    api = httpx.Client(base_url=cloud.http_base)
+    api = cloud.api()
     (stored,) = api.get("/v1/frames", params={"camera": "skewed-cam"}).json()["items"]
     error_ms = abs(stored["time_ns"] - captured_true_ns) / 1e6
     assert error_ms < 250, f"stored capture time is off by {error_ms:.0f} ms"

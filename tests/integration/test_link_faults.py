@@ -38,8 +38,8 @@ def bitstreams(bundle: Bundle) -> list[tuple[int, bytes]]:
             for im in images for level in (0, 3)]  # fmt: skip
 
 
-def stored_sequences(http_base: str, camera: str) -> list[int]:
-    with httpx.Client(base_url=http_base, timeout=30) as api:
+def stored_sequences(cloud: RunningCloud | CloudProcess, camera: str) -> list[int]:
+    with cloud.api() as api:
         return _pages(api, camera)
 
 
@@ -97,7 +97,7 @@ def test_twenty_link_cuts_during_2000_frames_lose_and_duplicate_nothing(
     proxy.close()
 
     assert uplink.stats.sessions >= 21, "every cut forces a reconnect"
-    stored = stored_sequences(cloud.http_base, "flaky-cam")
+    stored = stored_sequences(cloud, "flaky-cam")
     assert len(stored) == len(set(stored)) == 2000
     assert sorted(stored) == sent
     assert spool.frames == 0
@@ -134,7 +134,7 @@ def test_cloud_sigkill_and_restart_loses_no_acked_frame(
         assert 100 <= len(acked_before_kill) < 300, "the kill should land mid-stream"
         cloud.start()  # same ports, same data
         assert uplink.stop(flush_timeout_s=120), f"{spool.frames} frames still spooled"
-        stored = stored_sequences(cloud.http_base, "kill-cam")
+        stored = stored_sequences(cloud, "kill-cam")
     finally:
         cloud.stop()
     assert set(acked_before_kill) <= set(stored), "an acknowledged frame was lost"
@@ -154,7 +154,7 @@ def test_a_frame_the_cloud_rejects_is_dropped_and_the_rest_delivered(
     sent += [spool.append(time.time_ns(), level, good) for _ in range(3)]
     assert uplink.stop(flush_timeout_s=60)
     assert uplink.stats.rejected == 1 and uplink.fatal is None
-    assert sorted(stored_sequences(cloud.http_base, "picky-cam")) == sent
+    assert sorted(stored_sequences(cloud, "picky-cam")) == sent
     assert bad not in sent
 
 
@@ -176,17 +176,17 @@ def test_edge_sigkill_and_restart_resumes_from_its_spool(
 
     edge = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while len(stored_sequences(cloud.http_base, "restart-cam")) < 30:
+    while len(stored_sequences(cloud, "restart-cam")) < 30:
         assert edge.poll() is None, "the edge finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
     edge.send_signal(signal.SIGKILL)
     edge.wait(10)
-    before = stored_sequences(cloud.http_base, "restart-cam")
+    before = stored_sequences(cloud, "restart-cam")
     assert 30 <= len(before) < 120
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    stored = stored_sequences(cloud.http_base, "restart-cam")
+    stored = stored_sequences(cloud, "restart-cam")
     assert len(stored) == len(set(stored)) == 120, "each image exactly once"
     assert set(before) <= set(stored)

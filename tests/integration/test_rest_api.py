@@ -23,7 +23,7 @@ from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
-from tests.conftest import sample_images
+from tests.conftest import admin_headers, sample_images
 from tests.integration.stored_frames import (
     STEP_NS,
     T0_NS,
@@ -73,7 +73,7 @@ def api(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         metrics=metrics,
         readiness=readiness_checks({"database": store.ping}),
     )
-    with TestClient(create_app(settings, services)) as client:
+    with TestClient(create_app(settings, services), headers=admin_headers(store)) as client:
         yield Api(client, store, services, samples)
 
 

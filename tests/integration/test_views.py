@@ -27,7 +27,7 @@ from cloud.store.frame_store import FrameStore
 from cloud.store.records import ViewRecord
 from cloud.view_queue import QueueFull, ViewQueue
 from codec.bundle import Bundle
-from tests.conftest import sample_images
+from tests.conftest import admin_headers, sample_images
 from tests.integration.stored_frames import T0_NS, FrameMaker, StoredSample, open_store
 
 
@@ -85,7 +85,9 @@ def env(
 
 @pytest.fixture
 def client(env: ViewEnv) -> Iterator[TestClient]:
-    with TestClient(create_app(env.settings, env.services())) as c:
+    with TestClient(
+        create_app(env.settings, env.services()), headers=admin_headers(env.store)
+    ) as c:
         yield c
 
 
