@@ -1,9 +1,14 @@
 """One received frame → stored frame + detections (what an Ack promises).
 
-    bitstream ─► duplicate? ──yes──► StoredFrame(duplicate=True)
+    bitstream ─► stored? ──same CRC──► StoredFrame(duplicate=True)
+                   │    └──other CRC──► SequenceReused (never acked)
                    │ no
                    ▼
                FrameDecoder (decode) ─► DetectorTail (nn_part_2) ─► FrameStore (store)
+
+The early look saves a replay its decode; it is only a shortcut: another ingest may
+store the same sequence while this one decodes, and ``FrameStore.store_frame`` makes
+the same decision again, atomically, in the transaction of its insert.
 
 Blocking work (ORT, SQLite, fsync): the servicer calls ``ingest`` in a thread.
 """
@@ -16,9 +21,11 @@ from dataclasses import dataclass
 from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.metrics import CloudMetrics
-from cloud.store.frame_store import FrameStore
+from cloud.store.frame_store import FrameStore, SequenceReused
 from cloud.store.records import FrameRecord, StoredFrame
 from codec.bitstream import stored_checksum
+
+__all__ = ["FrameIngest", "ReceivedFrame", "SequenceReused", "check_ranges"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,6 @@ class ReceivedFrame:
 
 
 INT64_MAX = 2**63 - 1
-
-
-class SequenceReused(RuntimeError):
-    """A (camera, sequence) already stored with other bytes."""
 
 
 def check_ranges(frame: ReceivedFrame, clock_offset_ns: int) -> None:
@@ -55,17 +58,11 @@ class FrameIngest:
     def ingest(self, frame: ReceivedFrame, clock_offset_ns: int) -> StoredFrame:
         check_ranges(frame, clock_offset_ns)
         crc = stored_checksum(frame.bitstream)
-        existing = self.store.find_frame(frame.camera_id, frame.sequence)
-        if existing is not None and existing.id is not None:
-            if existing.crc32 != crc:
-                # Acking this as a duplicate would make the edge delete a frame we never
-                # stored: refuse, so the edge stops with its spool intact.
-                raise SequenceReused(
-                    f"sequence {frame.sequence} of camera {frame.camera_id} is already stored "
-                    "with different content (was the edge's spool reset or restored?)"
-                )
+        # SequenceReused (other bytes under this sequence): the edge stops, spool intact.
+        replay = self.store.replay_of(frame.camera_id, frame.sequence, crc)
+        if replay is not None:
             self.metrics.duplicates.inc()
-            return StoredFrame(existing.id, True, existing.num_detections)
+            return replay
 
         t0 = time.perf_counter()
         decoded = self.decoder.decode(frame.bitstream)

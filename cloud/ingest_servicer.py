@@ -3,7 +3,8 @@
 Protocol per stream: Hello → Welcome (+ RateHint) → (Frame → Ack)*. Errors end the
 stream with a status: FAILED_PRECONDITION for a missing Hello or another bundle,
 INVALID_ARGUMENT for a bad camera id or a malformed frame, UNAUTHENTICATED or
-PERMISSION_DENIED for a camera whose token does not check out (cloud/camera_auth.py).
+PERMISSION_DENIED for a camera whose token does not check out (cloud/camera_auth.py),
+ABORTED for a stream replaced by a newer one of the same camera (cloud/camera_streams.py).
 A rejected frame is not stored; what was acknowledged before stays stored, and
 the server keeps serving.
 """
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from cloud.camera_auth import AuthRefused, CameraAuth
+from cloud.camera_streams import CameraStreams, StreamLease, StreamReplaced
 from cloud.frame_decoder import InvalidFrame
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
 from codec.wire import CAMERA_ID, REJECTED_SEQUENCE_KEY
@@ -40,12 +42,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         num_levels: int,
         rate_hint: int | None,
         auth: CameraAuth | None = None,
+        streams: CameraStreams | None = None,
     ) -> None:
         self.ingest = ingest
         self.bundle_hash = bundle_hash
         self.num_levels = num_levels
         self.rate_hint = rate_hint
         self.auth = auth
+        self.streams = streams or CameraStreams()
 
     async def Stream(
         self,
@@ -54,6 +58,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     ) -> AsyncIterator[ingest_pb2.DownlinkMessage]:
         metrics = self.ingest.metrics
         metrics.streams.inc()
+        lease: StreamLease | None = None
         try:
             try:
                 first = await asyncio.wait_for(
@@ -71,6 +76,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     f"edge_time_ns {hello.edge_time_ns} is more than a year off the cloud's "
                     "clock; set the camera's clock",
                 )
+            # A valid Hello takes the camera over (after its older stream's last frame).
+            lease = await self.streams.claim(hello.camera_id, context.peer())
             next_sequence = await asyncio.to_thread(
                 self.ingest.store.register_camera,
                 hello.camera_id,
@@ -91,7 +98,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 yield ingest_pb2.DownlinkMessage(
                     rate_hint=ingest_pb2.RateHint(rate_level=self.rate_hint, reason="operator")
                 )
-            async for message in request_iterator:
+            async for message in lease.messages(request_iterator):
                 if message.WhichOneof("kind") != "frame":
                     await self._abort(
                         context,
@@ -103,7 +110,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     hello.camera_id, f.sequence, f.capture_time_ns, f.rate_level, f.bitstream
                 )
                 try:
-                    stored = await asyncio.to_thread(self.ingest.ingest, received, offset)
+                    stored = await lease.run(self.ingest.ingest, received, offset)
                 except InvalidFrame as exc:
                     # Name the frame so the edge can drop it instead of replaying it forever.
                     context.set_trailing_metadata(((REJECTED_SEQUENCE_KEY, str(f.sequence)),))
@@ -114,6 +121,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     )
                 except SequenceReused as exc:
                     await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                except StreamReplaced:
+                    raise
                 except Exception:
                     # Not the frame's fault (a database hiccup, a bug): no ack, the edge
                     # retries; internals stay in our log, not in the edge's.
@@ -130,7 +139,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         num_detections=stored.num_detections,
                     )
                 )
+        except StreamReplaced as exc:
+            await self._abort(context, grpc.StatusCode.ABORTED, str(exc))
         finally:
+            if lease is not None:
+                self.streams.release(lease)
             metrics.streams.dec()
 
     async def _check_hello(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import grpc
@@ -71,19 +72,50 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", 1 << 20),
+            # gRPC sets SO_REUSEPORT by default: a second cloud on the same port would
+            # start and silently take half the cameras. Refuse the port instead.
+            ("grpc.so_reuseport", 0),
             *KEEPALIVE_OPTIONS,
         ]
     )
     ingest_pb2_grpc.add_IngestServicer_to_server(servicer, server)
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     credentials = server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"grpc_port: cannot bind {settings.grpc_host}:{settings.grpc_port}")
+        raise OSError(
+            f"grpc_port {settings.grpc_port}: cannot bind {address} (is another "
+            "`fchm cloud serve` or another program using it?)"
+        )
     return server, port
+
+
+def bind_http_socket(host: str, port: int) -> socket.socket:
+    """The REST API's listening socket, bound here so a busy port is one clear error
+    (uvicorn would log it and exit the whole process)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"http_host {host!r}: {exc.strerror or exc}") from None
+    try:
+        # Like uvicorn: a restart may reuse a port in TIME_WAIT; a live listener still wins.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            f"http_port {port}: cannot bind {host}:{port}: {exc.strerror or exc} (is another "
+            "`fchm cloud serve` or another program using it?)"
+        ) from None
+    return sock
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -97,12 +129,20 @@ class CloudServer:
     def __init__(self, settings: CloudSettings) -> None:
         self.settings = settings
         self.grpc_port = 0
+        self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)  # a busy port or a bad setting leaves nothing running
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         # 1. The bundle: a missing or altered one stops here with its path named.
         bundle = Bundle.load(s.bundle)
@@ -152,19 +192,21 @@ class CloudServer:
 
         # 5. REST API.
         app = create_app(s, services)
+        sock = bind_http_socket(s.http_host, s.http_port)
+        self.http_port = int(sock.getsockname()[1])
         self._http = _EmbeddedUvicorn(
             uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning")
         )
-        self._http_task = asyncio.create_task(self._http.serve())
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             if self._http_task.done():
                 self._http_task.result()
                 raise OSError(f"http_port: REST API did not start on {s.http_host}:{s.http_port}")
             await asyncio.sleep(0.02)
-        log.info("REST API on http://%s:%d (docs at /docs)", s.http_host, s.http_port)
+        log.info("REST API on http://%s:%d (docs at /docs)", s.http_host, self.http_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        if self._http is not None and self._http_task is not None:
+        if self._http is not None and self._http_task is not None and not self._http_task.done():
             self._http.should_exit = True
             await self._http_task
         if self._grpc is not None:
@@ -183,7 +225,7 @@ async def serve(settings: CloudSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(
         f"fchm cloud ready: gRPC {settings.grpc_host}:{server.grpc_port}, "
-        f"REST http://{settings.http_host}:{settings.http_port}",
+        f"REST http://{settings.http_host}:{server.http_port}",
         flush=True,
     )
     await stop.wait()

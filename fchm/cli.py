@@ -98,7 +98,10 @@ def cloud_serve(
         )
         asyncio.run(serve(settings))
     except (ConfigError, BundleError, OSError, ValueError) as exc:
+        # A busy grpc_port/http_port, a missing database driver: one line naming the setting.
         raise fail(str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C while starting (once started, SIGINT stops cleanly)
+        raise typer.Exit(130) from None
 
 
 @cloud_app.command("token")

@@ -45,5 +45,9 @@ class LocalBlobStore:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def delete(self, key: str) -> None:
+        """Remove a blob nothing references (a lost ingest race); missing is fine."""
+        self._path(key).unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

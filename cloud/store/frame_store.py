@@ -2,23 +2,36 @@
 bitstreams and view images in a blob directory.
 
 Ingest order for one frame (what makes an ack safe):
-    bitstream blob (fsync) ─► one transaction: frame row + detection rows ─► ack
-A replay of (camera, sequence) finds the row and is reported as a duplicate.
+    bitstream blob under a key of its own (fsync)
+      ─► one transaction: frame row unless (camera, sequence) exists
+                          + detection rows + camera last_seen ─► ack
+The unique (camera, sequence) constraint decides, inside that transaction, so it holds
+across threads, processes and ingest replicas: the row is ours (stored); or another
+ingest's with the same CRC (a duplicate: our blob is deleted); or with another CRC
+(SequenceReused: never acked, our blob is deleted). A crash before the commit leaves at
+most an unreferenced blob; no row ever points at a blob another ingest may rewrite.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from cloud.detector_tail import Detection
 from cloud.store.blobs import LocalBlobStore
+from cloud.store.frame_rows import (
+    SequenceReused,
+    insert_detections,
+    insert_unless_stored,
+    judge_replay,
+)
 from cloud.store.records import (
     CameraRecord,
     DetectionQuery,
@@ -30,13 +43,42 @@ from cloud.store.records import (
 from cloud.store.schema import cameras, detections, frames, metadata, views
 from cloud.store.upgrades import upgrade_schema
 
+__all__ = ["FrameStore", "SequenceReused", "now_ns", "open_engine"]
+
+# The driver each dialect is supported with: (its package, its URL scheme, the extra).
+DRIVER_EXTRAS = {"postgresql": ("psycopg", "postgresql+psycopg://", "fchm[postgres]")}
+
 
 def now_ns() -> int:
     return time.time_ns()
 
 
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
 def open_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    """The engine for ``database_url``; a bad URL or a missing driver is named, not traced."""
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:  # the dialect's driver is not installed
+        missing = exc.name or str(exc)
+        hint = f"install {missing}"
+        supported = DRIVER_EXTRAS.get(url.split(":", 1)[0].split("+", 1)[0])
+        if supported is not None:
+            package, scheme, extra = supported
+            hint = f"install the extra: pip install '{extra}'"
+            if missing != package:
+                hint = f"install {missing}, or use {scheme}… and {hint}"
+        raise ValueError(
+            f"database_url {safe_url(url)}: its driver needs the Python package "
+            f"{missing!r}, which is not installed; {hint}"
+        ) from None
+    except ArgumentError as exc:
+        raise ValueError(f"database_url {safe_url(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -61,7 +103,11 @@ class FrameStore:
 
     @classmethod
     def open(cls, database_url: str, blob_dir: Path) -> FrameStore:
-        return cls(open_engine(database_url), LocalBlobStore(blob_dir))
+        engine = open_engine(database_url)
+        try:
+            return cls(engine, LocalBlobStore(blob_dir))
+        except OperationalError as exc:  # server down, wrong password, unwritable file
+            raise OSError(f"database_url {safe_url(database_url)}: {exc.orig}") from None
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -80,7 +126,7 @@ class FrameStore:
                 ).first()
                 is not None
             )
-            values = {
+            values: dict[str, Any] = {
                 "bundle_hash": bundle_hash,
                 "last_seen_ns": t,
                 "clock_offset_ns": clock_offset_ns,
@@ -95,6 +141,10 @@ class FrameStore:
                 except IntegrityError:
                     exists = True
             if exists:
+                # A frame stored by a stream just replaced may carry a later time: keep it.
+                values["last_seen_ns"] = case(
+                    (cameras.c.last_seen_ns > t, cameras.c.last_seen_ns), else_=t
+                )
                 conn.execute(update(cameras).where(cameras.c.camera_id == camera_id).values(values))
             top = conn.execute(
                 select(func.max(frames.c.sequence)).where(frames.c.camera_id == camera_id)
@@ -116,13 +166,22 @@ class FrameStore:
             return [CameraRecord(**row._mapping) for row in conn.execute(query)]
 
     # ── frames ───────────────────────────────────────────────────────────────
+    def replay_of(self, camera_id: str, sequence: int, crc32: int) -> StoredFrame | None:
+        """The stored frame that a frame with this CRC replays, or None if the sequence
+        is not stored yet; SequenceReused if it is stored with other bytes."""
+        with self.engine.connect() as conn:
+            return judge_replay(conn, camera_id, sequence, crc32)
+
     def store_frame(
         self, frame: FrameRecord, found: Sequence[Detection], bitstream: bytes
     ) -> StoredFrame:
-        existing = self._frame_id(frame.camera_id, frame.sequence)
-        if existing is not None:
-            return StoredFrame(existing[0], True, existing[1])
-        key = f"bitstreams/{frame.camera_id}/{frame.sequence:012d}.fchm"
+        """Store a frame once; a replay is a duplicate only if its CRC equals the stored
+        row's (see the ingest order at the top). Raises SequenceReused otherwise."""
+        # 1. The blob, durable, under a key no other ingest of this sequence can use.
+        key = (
+            f"bitstreams/{frame.camera_id}/{frame.sequence:012d}-{frame.crc32:08x}-"
+            f"{secrets.token_hex(4)}.fchm"
+        )
         self.blobs.put(key, bitstream)
         row = {
             "camera_id": frame.camera_id,
@@ -137,45 +196,40 @@ class FrameStore:
             "num_detections": len(found),
             "bitstream_key": key,
         }
-        try:
-            with self.engine.begin() as conn:
-                result = conn.execute(insert(frames).values(row))
-                frame_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-                if found:
-                    conn.execute(
-                        insert(detections),
-                        [
-                            {
-                                "frame_id": frame_id,
-                                "camera_id": frame.camera_id,
-                                "capture_time_ns": frame.capture_time_ns,
-                                "class_id": d.class_id,
-                                "label": d.label,
-                                "score": d.score,
-                                "x1": d.box[0],
-                                "y1": d.box[1],
-                                "x2": d.box[2],
-                                "y2": d.box[3],
-                            }
-                            for d in found
-                        ],
+        # 2. One transaction: the unique constraint picks the winner; a loser reads the
+        # winner's CRC in the same transaction. (An error here leaves the blob: if the
+        # commit did happen, deleting it would leave a row without its bitstream.)
+        replay: StoredFrame | None = None
+        reused: SequenceReused | None = None
+        with self.engine.begin() as conn:
+            frame_id = insert_unless_stored(conn, row)
+            if frame_id is None:
+                try:
+                    replay = judge_replay(conn, frame.camera_id, frame.sequence, frame.crc32)
+                except SequenceReused as exc:
+                    reused = exc
+            else:
+                insert_detections(conn, frame_id, frame, found)
+                # last_seen moves with every stored frame, never backwards.
+                conn.execute(
+                    update(cameras)
+                    .where(
+                        cameras.c.camera_id == frame.camera_id,
+                        cameras.c.last_seen_ns < frame.received_time_ns,
                     )
-        except IntegrityError:
-            # Another replica stored the same (camera, sequence) first.
-            existing = self._frame_id(frame.camera_id, frame.sequence)
-            if existing is None:
-                raise
-            return StoredFrame(existing[0], True, existing[1])
-        return StoredFrame(frame_id, False, len(found))
-
-    def _frame_id(self, camera_id: str, sequence: int) -> tuple[int, int] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(frames.c.id, frames.c.num_detections).where(
-                    frames.c.camera_id == camera_id, frames.c.sequence == sequence
+                    .values(last_seen_ns=frame.received_time_ns)
                 )
-            ).first()
-        return None if row is None else (int(row[0]), int(row[1]))
+        if frame_id is not None:
+            return StoredFrame(frame_id, False, len(found))
+        # 3. Lost: the row is another ingest's, so our blob is referenced by nothing.
+        self.blobs.delete(key)
+        if reused is not None:
+            raise reused
+        if replay is None:  # the winner's row vanished in between (deleted): retry later
+            raise RuntimeError(
+                f"frame {frame.sequence} of {frame.camera_id}: conflicted, then vanished"
+            )
+        return replay
 
     def get_frame(self, frame_id: int) -> FrameRecord | None:
         with self.engine.connect() as conn:
