@@ -9,17 +9,7 @@ from fastapi import APIRouter, Path, Response
 
 from cloud.api.deps import StoreDep
 from cloud.api.errors import ApiError
-from cloud.api.params import (
-    INT64_MAX,
-    CameraQ,
-    CursorQ,
-    LimitQ,
-    SinceQ,
-    UntilQ,
-    decode_cursor,
-    page,
-    time_window,
-)
+from cloud.api.params import INT64_MAX, CameraQ, PageDep, TimeWindowDep, page
 from cloud.api.schemas import DetectionOut, FrameDetail, FrameOut, FramePage, error_responses
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import DetectionQuery, FrameRecord
@@ -35,17 +25,19 @@ MAX_DETECTIONS_PER_FRAME = 1000  # the detector tail keeps at most 300
 
 @router.get("", summary="List frames", responses=error_responses(400, 422))
 def list_frames(
-    store: StoreDep,
-    camera: CameraQ = None,
-    since: SinceQ = None,
-    until: UntilQ = None,
-    limit: LimitQ = 100,
-    cursor: CursorQ = None,
+    store: StoreDep, window: TimeWindowDep, paging: PageDep, camera: CameraQ = None
 ) -> FramePage:
-    """Frames ordered by capture time (then id). Follow `next_cursor` for more."""
-    since_ns, until_ns = time_window(since, until)
-    found = store.list_frames(camera, since_ns, until_ns, limit + 1, decode_cursor(cursor))
-    rows, next_cursor = page(found, limit, lambda f: (f.capture_time_ns, f.id or 0))
+    """Frames ordered by capture time (then id), oldest first unless `order=newest`.
+    Follow `next_cursor` for more."""
+    found = store.list_frames(
+        camera,
+        window.since_ns,
+        window.until_ns,
+        paging.limit + 1,
+        paging.after,
+        newest_first=paging.newest_first,
+    )
+    rows, next_cursor = page(found, paging, lambda f: (f.capture_time_ns, f.id or 0))
     return FramePage(items=[FrameOut.of(f) for f in rows], next_cursor=next_cursor)
 
 
