@@ -5,8 +5,9 @@
         ├─ /v1/detections   detections.py
         ├─ /v1/frames       frames.py
         ├─ /v1/views        views.py
-        └─ /healthz /readyz /metrics   health.py
-    every route but /healthz, /readyz (and /docs) ─► auth.py: an API key with a scope
+        ├─ /healthz /readyz /metrics   health.py
+        └─ /docs /redoc     docs.py (assets served locally: works offline)
+    every route but /healthz, /readyz and the docs ─► auth.py: an API key with a scope
     every error ─► errors.handle_error ─► {"error": {"status", "message", "field"}}
 
 The app starts no background work: the server's lifespan hook starts the restore
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 
 from cloud.api import cameras, detections, frames, health, views
 from cloud.api.deps import Services
+from cloud.api.docs import install_docs
 from cloud.api.errors import install_error_handlers
 from cloud.settings import CloudSettings
 from cloud.store.api_keys import ApiKeyStore
@@ -38,9 +40,14 @@ detector features, not video; the cloud finishes detection on arrival and keeps
 the bitstream. A person who wants to *see* a frame requests a view (`POST /v1/views`),
 which is restored from that same bitstream.
 
-Times are given as ISO-8601 UTC and as integer nanoseconds since the epoch. Lists are
-ordered by capture time and paged with an opaque `cursor`. Every error has the body
-`{"error": {"status", "message", "field"}}`.
+Times are given as ISO-8601 UTC and as integer nanoseconds since the epoch. Every 64-bit
+integer (ids, sequences, `*_ns` times) also comes as an exact decimal string `<name>_str`:
+nanosecond times exceed 2^53, where JavaScript numbers (and jq) round, so JavaScript
+clients should read the `_str` form. Query parameters take either form (`since_ns`,
+`until_ns` take `time_ns`). Lists are ordered by capture time, oldest first or
+`order=newest`, and paged with an opaque `cursor` (pass it with the same `order`). Every
+error has the body `{"error": {"status", "message", "field"}}`. The API reference is also
+at `/redoc`.
 
 Every route but `/healthz` and `/readyz` needs an API key (`fchm cloud key create`),
 sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: `read` (cameras,
@@ -64,6 +71,8 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves them with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.services = services
@@ -74,4 +83,5 @@ def create_app(
     install_error_handlers(app)
     for module in (cameras, detections, frames, views, health):
         app.include_router(module.router)
+    install_docs(app)
     return app

@@ -9,16 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from cloud.api.auth import ReadKey, check_camera, require_read
 from cloud.api.deps import BundleDep, StoreDep
 from cloud.api.errors import ApiError
-from cloud.api.params import (
-    CameraQ,
-    CursorQ,
-    LimitQ,
-    SinceQ,
-    UntilQ,
-    decode_cursor,
-    page,
-    time_window,
-)
+from cloud.api.params import CameraQ, PageDep, TimeWindowDep, page
 from cloud.api.schemas import DetectionOut, DetectionPage, error_responses
 from cloud.store.records import DetectionQuery
 
@@ -35,15 +26,14 @@ def query_detections(
     store: StoreDep,
     bundle: BundleDep,
     key: ReadKey,
+    window: TimeWindowDep,
+    paging: PageDep,
     camera: CameraQ = None,
     label: Annotated[str | None, Query(max_length=128, description="Class label")] = None,
-    since: SinceQ = None,
-    until: UntilQ = None,
     min_score: Annotated[float | None, Query(ge=0, le=1, description="Lowest score")] = None,
-    limit: LimitQ = 100,
-    cursor: CursorQ = None,
 ) -> DetectionPage:
-    """Detections ordered by capture time (then id). Follow `next_cursor` for more."""
+    """Detections ordered by capture time (then id), oldest first unless `order=newest`.
+    Follow `next_cursor` for more."""
     if label is not None and label not in bundle.class_names:
         raise ApiError(
             400,
@@ -53,17 +43,17 @@ def query_detections(
         )
     if camera is not None:
         check_camera(key, camera)
-    since_ns, until_ns = time_window(since, until)
     query = DetectionQuery(
         camera_id=camera,
         cameras=key.camera_filter,
         label=label,
-        since_ns=since_ns,
-        until_ns=until_ns,
+        since_ns=window.since_ns,
+        until_ns=window.until_ns,
         min_score=min_score,
-        limit=limit + 1,  # one more row tells whether there is a next page
-        after=decode_cursor(cursor),
+        limit=paging.limit + 1,  # one more row tells whether there is a next page
+        after=paging.after,
+        newest_first=paging.newest_first,
     )
     found = store.query_detections(query)
-    rows, next_cursor = page(found, limit, lambda d: (d.capture_time_ns, d.id))
+    rows, next_cursor = page(found, paging, lambda d: (d.capture_time_ns, d.id))
     return DetectionPage(items=[DetectionOut.of(d) for d in rows], next_cursor=next_cursor)

@@ -10,17 +10,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from cloud.api.auth import ReadKey, check_camera, require_read
 from cloud.api.deps import StoreDep
 from cloud.api.errors import ApiError
-from cloud.api.params import (
-    INT64_MAX,
-    CameraQ,
-    CursorQ,
-    LimitQ,
-    SinceQ,
-    UntilQ,
-    decode_cursor,
-    page,
-    time_window,
-)
+from cloud.api.params import INT64_MAX, CameraQ, PageDep, TimeWindowDep, page
 from cloud.api.schemas import DetectionOut, FrameDetail, FrameOut, FramePage, error_responses
 from cloud.store.api_keys import ApiKey
 from cloud.store.frame_store import FrameStore
@@ -44,20 +34,24 @@ MAX_DETECTIONS_PER_FRAME = 1000  # the detector tail keeps at most 300
 def list_frames(
     store: StoreDep,
     key: ReadKey,
+    window: TimeWindowDep,
+    paging: PageDep,
     camera: CameraQ = None,
-    since: SinceQ = None,
-    until: UntilQ = None,
-    limit: LimitQ = 100,
-    cursor: CursorQ = None,
 ) -> FramePage:
-    """Frames ordered by capture time (then id). Follow `next_cursor` for more."""
+    """Frames ordered by capture time (then id), oldest first unless `order=newest`.
+    Follow `next_cursor` for more."""
     if camera is not None:
         check_camera(key, camera)
-    since_ns, until_ns = time_window(since, until)
     found = store.list_frames(
-        camera, since_ns, until_ns, limit + 1, decode_cursor(cursor), cameras=key.camera_filter
+        camera,
+        window.since_ns,
+        window.until_ns,
+        paging.limit + 1,
+        paging.after,
+        newest_first=paging.newest_first,
+        cameras=key.camera_filter,
     )
-    rows, next_cursor = page(found, limit, lambda f: (f.capture_time_ns, f.id or 0))
+    rows, next_cursor = page(found, paging, lambda f: (f.capture_time_ns, f.id or 0))
     return FramePage(items=[FrameOut.of(f) for f in rows], next_cursor=next_cursor)
 
 

@@ -1,8 +1,10 @@
-"""Query parameters shared by list endpoints: time window, page size, keyset cursor.
+"""Query parameters shared by list endpoints: time window, order, page size, keyset cursor.
 
-Times in the API are ISO-8601 (a naive time is UTC); in the store they are integer
-ns since the epoch. The cursor is opaque to clients: urlsafe base64 of the JSON
-keyset ``[capture_time_ns, id]`` of the last row on the page.
+Times in the API are ISO-8601 (a naive time is UTC) or integer ns since the epoch (the
+``*_ns`` parameters take what ``time_ns`` / ``time_ns_str`` output); in the store they are
+integer ns. The cursor is opaque to clients: urlsafe base64 of the JSON keyset
+``[capture_time_ns, id, order]`` of the last row on the page. It remembers the order it
+pages in, so a cursor from an ``order=newest`` page cannot silently walk the other way.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Annotated, TypeVar
 
-from fastapi import Query
+from fastapi import Depends, Query
+from pydantic import BeforeValidator
 
 from cloud.api.errors import ApiError
 
@@ -23,24 +28,67 @@ T = TypeVar("T")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64 = 1 << 63
 
+INT64_MAX = 2**63 - 1
+"""Ids, sequences and ns times are signed 64-bit in the database."""
+
+
+class Order(StrEnum):
+    oldest = "oldest"
+    newest = "newest"
+
+
+def _not_ns(value: object) -> object:
+    """A ``time_ns`` pasted into ``since``/``until`` would be read as a Unix timestamp and
+    fail with "dates after 9999"; say which parameter takes it instead."""
+    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value.lstrip("-")) > 13:
+        raise ValueError(
+            f"{value} looks like ns since the epoch: pass it as 'since_ns' / 'until_ns' "
+            "(this parameter takes ISO-8601)"
+        )
+    return value
+
+
 CameraQ = Annotated[str | None, Query(max_length=128, description="Only this camera id")]
 SinceQ = Annotated[
     datetime | None,
+    BeforeValidator(_not_ns),
     Query(description="Capture time from (inclusive), ISO-8601; a naive time is UTC"),
 ]
 UntilQ = Annotated[
     datetime | None,
+    BeforeValidator(_not_ns),
     Query(description="Capture time up to (exclusive), ISO-8601; a naive time is UTC"),
+]
+SinceNsQ = Annotated[
+    int | None,
+    Query(
+        ge=-INT64_MAX,
+        le=INT64_MAX,
+        description="Capture time from (inclusive), ns since the epoch (a `time_ns` value); "
+        "instead of `since`",
+    ),
+]
+UntilNsQ = Annotated[
+    int | None,
+    Query(
+        ge=-INT64_MAX,
+        le=INT64_MAX,
+        description="Capture time up to (exclusive), ns since the epoch; instead of `until`",
+    ),
 ]
 LimitQ = Annotated[int, Query(ge=1, le=1000, description="Rows per page")]
 CursorQ = Annotated[
     str | None,
-    Query(max_length=256, description="`next_cursor` of the previous page; omit for the first"),
+    Query(
+        max_length=256,
+        description="`next_cursor` of the previous page (with the same `order`); omit for the "
+        "first",
+    ),
 ]
-
-
-INT64_MAX = 2**63 - 1
-"""Ids, sequences and ns times are signed 64-bit in the database."""
+OrderQ = Annotated[
+    Order,
+    Query(description="`oldest` first (capture time, then id) or `newest` first"),
+]
 
 
 def to_ns(t: datetime) -> int:
@@ -69,32 +117,69 @@ def bounded_ns(t: datetime, field: str) -> int:
     return ns
 
 
-def time_window(since: datetime | None, until: datetime | None) -> tuple[int | None, int | None]:
-    since_ns = None if since is None else bounded_ns(since, "since")
-    until_ns = None if until is None else bounded_ns(until, "until")
-    if since_ns is not None and until_ns is not None and since_ns >= until_ns:
+def _one_of(iso: datetime | None, ns: int | None, field: str) -> int | None:
+    if iso is not None and ns is not None:
         raise ApiError(
             400,
-            f"query parameters 'since' ({iso_utc(since_ns)}) and 'until' ({iso_utc(until_ns)}): "
+            f"query parameters '{field}' and '{field}_ns' give the same bound twice; pass one",
+            field=field,
+        )
+    return ns if iso is None else bounded_ns(iso, field)
+
+
+def time_window(
+    since: datetime | None,
+    until: datetime | None,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+) -> tuple[int | None, int | None]:
+    lo = _one_of(since, since_ns, "since")
+    hi = _one_of(until, until_ns, "until")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ApiError(
+            400,
+            f"query parameters 'since' ({iso_utc(lo)}) and 'until' ({iso_utc(hi)}): "
             "'since' must be earlier than 'until' ('until' is exclusive)",
             field="since",
         )
-    return since_ns, until_ns
+    return lo, hi
 
 
-def encode_cursor(capture_time_ns: int, row_id: int) -> str:
-    raw = json.dumps([capture_time_ns, row_id], separators=(",", ":")).encode()
+@dataclass(frozen=True)
+class TimeWindow:
+    since_ns: int | None
+    until_ns: int | None
+
+
+def time_window_query(
+    since: SinceQ = None, until: UntilQ = None, since_ns: SinceNsQ = None, until_ns: UntilNsQ = None
+) -> TimeWindow:
+    return TimeWindow(*time_window(since, until, since_ns, until_ns))
+
+
+TimeWindowDep = Annotated[TimeWindow, Depends(time_window_query)]
+
+
+def encode_cursor(capture_time_ns: int, row_id: int, order: Order = Order.oldest) -> str:
+    raw = json.dumps([capture_time_ns, row_id, order.value], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str | None) -> tuple[int, int] | None:
+def decode_cursor(cursor: str | None, order: Order = Order.oldest) -> tuple[int, int] | None:
+    """The keyset of a cursor this API returned; it must page in ``order``."""
     if cursor is None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        t, i = json.loads(raw)
+        keyset = json.loads(raw)
+        if not isinstance(keyset, list):
+            raise ValueError("a cursor is a JSON list")
+        if len(keyset) == 2:  # cursors handed out before `order` existed page oldest first
+            keyset.append(Order.oldest.value)
+        t, i, cursor_order = keyset
         if not all(type(v) is int and -_INT64 <= v < _INT64 for v in (t, i)):
             raise ValueError("keyset values must be 64-bit integers")
+        cursor_order = Order(cursor_order)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ApiError(
             400,
@@ -102,13 +187,42 @@ def decode_cursor(cursor: str | None) -> tuple[int, int] | None:
             "from the previous page unchanged, or omit it for the first page",
             field="cursor",
         ) from exc
+    if cursor_order is not order:
+        raise ApiError(
+            400,
+            f"query parameter 'cursor' pages order={cursor_order.value}, but 'order' is "
+            f"{order.value}; pass the order of the page the cursor came from, or omit the "
+            "cursor to start over",
+            field="cursor",
+        )
     return t, i
 
 
+@dataclass(frozen=True)
+class PageQuery:
+    limit: int
+    order: Order
+    after: tuple[int, int] | None
+    """keyset (capture_time_ns, id) of the last row already returned, in ``order``"""
+
+    @property
+    def newest_first(self) -> bool:
+        return self.order is Order.newest
+
+
+def page_query(
+    limit: LimitQ = 100, cursor: CursorQ = None, order: OrderQ = Order.oldest
+) -> PageQuery:
+    return PageQuery(limit=limit, order=order, after=decode_cursor(cursor, order))
+
+
+PageDep = Annotated[PageQuery, Depends(page_query)]
+
+
 def page(
-    rows: Sequence[T], limit: int, keyset: Callable[[T], tuple[int, int]]
+    rows: Sequence[T], q: PageQuery, keyset: Callable[[T], tuple[int, int]]
 ) -> tuple[list[T], str | None]:
-    """Rows fetched with ``limit + 1`` → this page and the cursor of the next (None at the end)."""
-    if len(rows) <= limit:
+    """Rows fetched with ``q.limit + 1`` → this page and the cursor of the next (None at end)."""
+    if len(rows) <= q.limit:
         return list(rows), None
-    return list(rows[:limit]), encode_cursor(*keyset(rows[limit - 1]))
+    return list(rows[: q.limit]), encode_cursor(*keyset(rows[q.limit - 1]), q.order)

@@ -1,9 +1,17 @@
 """Response and request bodies. Times appear twice: ISO-8601 UTC (``time``) for people
-and integer ns since the epoch (``time_ns``) for exact round trips."""
+and integer ns since the epoch (``time_ns``) for exact round trips.
+
+Every 64-bit integer (ids, sequences, ``*_ns`` times) also comes as ``<name>_str``, its
+exact decimal string: ns times pass 2**53, where JavaScript numbers and jq round them
+(protobuf's JSON mapping and Google's APIs send int64 as strings for the same reason;
+the integers stay for clients that already read them). Inputs take either form.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from cloud.api.params import INT64_MAX, iso_utc, optional_iso
 from cloud.restorers import RESTORERS
@@ -26,6 +34,18 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+Int64 = Annotated[int, Field(json_schema_extra={"format": "int64"})]
+
+
+def int64_twin(name: str) -> Any:
+    """Makes a property the read-only ``<name>_str`` of the int64 field ``name``: a computed
+    field, so the two cannot drift apart. (mypy cannot type decorators on properties.)"""
+    return computed_field(
+        description=f"`{name}` as an exact decimal string (JavaScript numbers round above 2^53)",
+        json_schema_extra={"format": "int64", "pattern": "^-?[0-9]+$"},
+    )
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": ErrorBody} for code in codes}
 
@@ -37,12 +57,27 @@ class CameraOut(BaseModel):
     camera_id: str
     bundle_hash: str = Field(description="Bundle the camera's agent announced")
     first_seen: str
-    first_seen_ns: int
+    first_seen_ns: Int64
     last_seen: str
-    last_seen_ns: int
+    last_seen_ns: Int64
     num_frames: int
-    clock_offset_ns: int = Field(description="Cloud clock minus edge clock at the handshake")
+    clock_offset_ns: Int64 = Field(description="Cloud clock minus edge clock at the handshake")
     agent_version: str
+
+    @int64_twin("first_seen_ns")  # type: ignore[prop-decorator]
+    @property
+    def first_seen_ns_str(self) -> str:
+        return str(self.first_seen_ns)
+
+    @int64_twin("last_seen_ns")  # type: ignore[prop-decorator]
+    @property
+    def last_seen_ns_str(self) -> str:
+        return str(self.last_seen_ns)
+
+    @int64_twin("clock_offset_ns")  # type: ignore[prop-decorator]
+    @property
+    def clock_offset_ns_str(self) -> str:
+        return str(self.clock_offset_ns)
 
     @classmethod
     def of(cls, c: CameraRecord) -> CameraOut:
@@ -76,15 +111,30 @@ class Box(BaseModel):
 
 
 class DetectionOut(BaseModel):
-    id: int
-    frame_id: int
+    id: Int64
+    frame_id: Int64
     camera: str
     time: str = Field(description="Capture time, ISO-8601 UTC")
-    time_ns: int = Field(description="Capture time, ns since the epoch")
+    time_ns: Int64 = Field(description="Capture time, ns since the epoch")
     label: str
     class_id: int
     score: float
     box: Box
+
+    @int64_twin("id")  # type: ignore[prop-decorator]
+    @property
+    def id_str(self) -> str:
+        return str(self.id)
+
+    @int64_twin("frame_id")  # type: ignore[prop-decorator]
+    @property
+    def frame_id_str(self) -> str:
+        return str(self.frame_id)
+
+    @int64_twin("time_ns")  # type: ignore[prop-decorator]
+    @property
+    def time_ns_str(self) -> str:
+        return str(self.time_ns)
 
     @classmethod
     def of(cls, d: DetectionRecord) -> DetectionOut:
@@ -116,19 +166,39 @@ class FrameLinks(BaseModel):
 
 
 class FrameOut(BaseModel):
-    id: int
+    id: Int64
     camera: str
-    sequence: int
+    sequence: Int64
     time: str = Field(description="Capture time (cloud clock), ISO-8601 UTC")
-    time_ns: int
+    time_ns: Int64
     received_time: str
-    received_time_ns: int
+    received_time_ns: Int64
     rate_level: int = Field(description="Rate level the edge coded this frame at")
     num_bytes: int = Field(description="Whole bitstream size, headers included")
     image_width: int
     image_height: int
     num_detections: int
     links: FrameLinks
+
+    @int64_twin("id")  # type: ignore[prop-decorator]
+    @property
+    def id_str(self) -> str:
+        return str(self.id)
+
+    @int64_twin("sequence")  # type: ignore[prop-decorator]
+    @property
+    def sequence_str(self) -> str:
+        return str(self.sequence)
+
+    @int64_twin("time_ns")  # type: ignore[prop-decorator]
+    @property
+    def time_ns_str(self) -> str:
+        return str(self.time_ns)
+
+    @int64_twin("received_time_ns")  # type: ignore[prop-decorator]
+    @property
+    def received_time_ns_str(self) -> str:
+        return str(self.received_time_ns)
 
     @classmethod
     def fields_of(cls, f: FrameRecord) -> dict[str, object]:
@@ -167,14 +237,21 @@ class FramePage(BaseModel):
 
 
 class ViewRequest(BaseModel):
-    """Either ``frame_id``, or ``camera`` and ``sequence``."""
+    """Either ``frame_id``, or ``camera`` (its newest frame) with an optional ``sequence``.
+    Integers may also be given as decimal strings (``id_str``, ``sequence_str``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_id: int | None = Field(None, ge=1, le=INT64_MAX, description="Frame to view")
-    camera: str | None = Field(None, max_length=128, description="Camera of the frame")
-    sequence: int | None = Field(
-        None, ge=0, le=INT64_MAX, description="The frame's sequence on that camera"
+    frame_id: Int64 | None = Field(None, ge=1, le=INT64_MAX, description="Frame to view")
+    camera: str | None = Field(
+        None, max_length=128, description="Camera of the frame; alone, its newest frame"
+    )
+    sequence: Int64 | None = Field(
+        None,
+        ge=0,
+        le=INT64_MAX,
+        description="The frame's sequence on that camera (`sequence` of GET /v1/frames; an edge "
+        "numbers frames from its first start's wall clock in µs, not from 0)",
     )
     kind: str = Field("preview", description=f"View kind, one of {sorted(RESTORERS)}")
 
@@ -189,13 +266,13 @@ class ViewOut(BaseModel):
     status: str = Field(description="queued | running | done | failed")
     kind: str
     description: str = Field(description="What this kind of view is")
-    frame_id: int
+    frame_id: Int64
     created: str
-    created_ns: int
+    created_ns: Int64
     started: str | None
-    started_ns: int | None
+    started_ns: Int64 | None
     finished: str | None
-    finished_ns: int | None
+    finished_ns: Int64 | None
     error: str | None = Field(description="Why the job failed (status failed)")
     attempts: int = Field(description="Times a worker started the job")
     width: int | None = Field(
@@ -204,6 +281,26 @@ class ViewOut(BaseModel):
     )
     height: int | None = Field(description="Height of the rendered image (status done)")
     links: ViewLinks
+
+    @int64_twin("frame_id")  # type: ignore[prop-decorator]
+    @property
+    def frame_id_str(self) -> str:
+        return str(self.frame_id)
+
+    @int64_twin("created_ns")  # type: ignore[prop-decorator]
+    @property
+    def created_ns_str(self) -> str:
+        return str(self.created_ns)
+
+    @int64_twin("started_ns")  # type: ignore[prop-decorator]
+    @property
+    def started_ns_str(self) -> str | None:
+        return None if self.started_ns is None else str(self.started_ns)
+
+    @int64_twin("finished_ns")  # type: ignore[prop-decorator]
+    @property
+    def finished_ns_str(self) -> str | None:
+        return None if self.finished_ns is None else str(self.finished_ns)
 
     @classmethod
     def of(cls, v: ViewRecord) -> ViewOut:

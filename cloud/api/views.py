@@ -1,7 +1,7 @@
 """Human views: POST /v1/views queues a job, GET /v1/views/{id} polls it,
 GET /v1/views/{id}/image fetches the PNG once it is done.
 
-    POST {frame_id | camera+sequence, kind} ─► ViewQueue.submit ─► 202 {id, links}
+    POST {frame_id | camera[+sequence], kind} ─► ViewQueue.submit ─► 202 {id, links}
     GET  /v1/views/{id}        ─► job row (status, times, error, what the kind is)
     GET  /v1/views/{id}/image  ─► image/png │ 409 not done yet │ 404 unknown
 """
@@ -103,17 +103,25 @@ def _resolve_frame(body: ViewRequest, store: FrameStore, key: ApiKey) -> int:
             if frame is None or not key.allows(frame.camera_id):
                 raise ApiError(404, f"frame {body.frame_id} does not exist", field="frame_id")
         return body.frame_id
-    if body.camera is None or body.sequence is None:
-        if body.camera is None and body.sequence is None:
-            raise ApiError(422, "body: give 'frame_id', or 'camera' and 'sequence'", "frame_id")
-        missing = "camera" if body.camera is None else "sequence"
-        raise ApiError(422, f"body field '{missing}': needed with the other one", missing)
+    if body.camera is None:
+        if body.sequence is None:
+            raise ApiError(422, "body: give 'frame_id', or 'camera' (and 'sequence')", "frame_id")
+        raise ApiError(422, "body field 'camera': needed with 'sequence'", "camera")
     check_camera(key, body.camera)
+    newest = store.list_frames(body.camera, None, None, 1, None, newest_first=True)
+    if not newest or newest[0].id is None:
+        raise ApiError(404, f"camera {body.camera!r} has no frames", field="camera")
+    if body.sequence is None:  # the camera alone: what it saw last
+        return newest[0].id
     frame = store.find_frame(body.camera, body.sequence)
     if frame is None or frame.id is None:
+        (oldest,) = store.list_frames(body.camera, None, None, 1, None)
+        # Edges number frames from the wall clock (µs), so "sequence 0" is the usual miss.
         raise ApiError(
             404,
-            f"camera {body.camera!r} has no frame with sequence {body.sequence}",
+            f"camera {body.camera!r} has no frame with sequence {body.sequence}; its oldest "
+            f"frame has sequence {oldest.sequence} and its newest {newest[0].sequence} (GET "
+            "/v1/frames?camera=… lists them); omit 'sequence' for its newest frame",
             field="sequence",
         )
     return frame.id

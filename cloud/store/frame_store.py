@@ -250,9 +250,10 @@ class FrameStore:
         until_ns: int | None,
         limit: int,
         after: tuple[int, int] | None,
+        newest_first: bool = False,
         cameras: Sequence[str] | None = None,
     ) -> list[FrameRecord]:
-        conds = _time_window(frames, since_ns, until_ns, after)
+        conds = _time_window(frames, since_ns, until_ns, after, newest_first)
         if camera_id is not None:
             conds.append(frames.c.camera_id == camera_id)
         if cameras is not None:
@@ -260,7 +261,7 @@ class FrameStore:
         query = (
             select(frames)
             .where(and_(True, *conds))
-            .order_by(frames.c.capture_time_ns, frames.c.id)
+            .order_by(*_keyset_order(frames, newest_first))
             .limit(limit)
         )
         with self.engine.connect() as conn:
@@ -272,7 +273,7 @@ class FrameStore:
     # ── detections ───────────────────────────────────────────────────────────
     def query_detections(self, q: DetectionQuery) -> list[DetectionRecord]:
         d = detections.c
-        conds = _time_window(detections, q.since_ns, q.until_ns, q.after)
+        conds = _time_window(detections, q.since_ns, q.until_ns, q.after, q.newest_first)
         if q.camera_id is not None:
             conds.append(d.camera_id == q.camera_id)
         if q.cameras is not None:
@@ -286,7 +287,7 @@ class FrameStore:
         query = (
             select(detections)
             .where(and_(True, *conds))
-            .order_by(d.capture_time_ns, d.id)
+            .order_by(*_keyset_order(detections, q.newest_first))
             .limit(q.limit)
         )
         with self.engine.connect() as conn:
@@ -342,8 +343,13 @@ class FrameStore:
 
 
 def _time_window(
-    table: Any, since_ns: int | None, until_ns: int | None, after: tuple[int, int] | None
+    table: Any,
+    since_ns: int | None,
+    until_ns: int | None,
+    after: tuple[int, int] | None,
+    newest_first: bool = False,
 ) -> list[Any]:
+    """Conditions for a time window and the rows past the keyset ``after`` in this order."""
     c = table.c
     conds: list[Any] = []
     if since_ns is not None:
@@ -352,5 +358,17 @@ def _time_window(
         conds.append(c.capture_time_ns < until_ns)
     if after is not None:
         t, i = after
-        conds.append(or_(c.capture_time_ns > t, and_(c.capture_time_ns == t, c.id > i)))
+        if newest_first:
+            conds.append(or_(c.capture_time_ns < t, and_(c.capture_time_ns == t, c.id < i)))
+        else:
+            conds.append(or_(c.capture_time_ns > t, and_(c.capture_time_ns == t, c.id > i)))
     return conds
+
+
+def _keyset_order(table: Any, newest_first: bool) -> tuple[Any, Any]:
+    """(capture time, id): the id breaks ties, so pages neither skip nor repeat a row.
+    The (…, capture_time_ns, id) indexes serve both directions."""
+    c = table.c
+    if newest_first:
+        return c.capture_time_ns.desc(), c.id.desc()
+    return c.capture_time_ns, c.id

@@ -66,6 +66,8 @@ class DetectionQuery:
     limit: int = 100
     after: tuple[int, int] | None = None
     """keyset cursor: (capture_time_ns, id) of the last row already returned"""
+    newest_first: bool = False
+    """order by (capture_time_ns, id) descending; ``after`` then means older than the keyset"""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
 from cloud.api.deps import Services, readiness_checks
-from cloud.api.params import decode_cursor, encode_cursor, iso_utc
+from cloud.api.params import Order, decode_cursor, encode_cursor, iso_utc
 from cloud.metrics import CloudMetrics
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
@@ -149,9 +149,11 @@ def test_detection_item_shape(api: Api) -> None:
     r = api.client.get("/v1/detections", params={"camera": sample.camera, "limit": 1})
     item = r.json()["items"][0]
     assert set(item) == {
-        "id", "frame_id", "camera", "time", "time_ns", "label", "class_id", "score", "box"
+        "id", "frame_id", "camera", "time", "time_ns", "label", "class_id", "score", "box",
+        "id_str", "frame_id_str", "time_ns_str",
     }  # fmt: skip
     assert item["time"] == "2023-11-14T22:13:20.000000Z" and item["time_ns"] == T0_NS
+    assert item["time_ns_str"] == str(T0_NS) and item["id_str"] == str(item["id"])
     assert item["frame_id"] == sample.frame_id and item["camera"] == sample.camera
     assert (item["label"], item["class_id"]) == (d.label, d.class_id)
     assert item["score"] == pytest.approx(d.score)
@@ -178,6 +180,8 @@ def test_pages_have_limit_rows_and_last_page_has_no_cursor(api: Api) -> None:
 
 def test_cursor_is_opaque_round_trip() -> None:
     assert decode_cursor(encode_cursor(T0_NS, 42)) == (T0_NS, 42)
+    newest = encode_cursor(T0_NS, 42, Order.newest)
+    assert decode_cursor(newest, Order.newest) == (T0_NS, 42)
 
 
 def test_frames_list_pages_and_filters(api: Api) -> None:

@@ -166,8 +166,9 @@ def test_view_by_camera_and_sequence(env: ViewEnv, client: TestClient) -> None:
     [
         ({"frame_id": 1, "kind": "diffusion"}, 400, "kind", ["diffusion", "preview"]),
         ({"frame_id": 99999}, 404, "frame_id", ["99999"]),
-        ({"camera": "cam", "sequence": 77}, 404, "sequence", ["77"]),
-        ({"camera": "cam"}, 422, "sequence", ["sequence"]),
+        ({"camera": "cam", "sequence": 77}, 404, "sequence", ["77", "omit 'sequence'"]),
+        ({"sequence": 1}, 422, "camera", ["camera"]),
+        ({"camera": "cam-z"}, 404, "camera", ["'cam-z'"]),
         ({}, 422, "frame_id", ["frame_id"]),
         ({"frame_id": 1, "camera": "cam", "sequence": 0}, 422, "frame_id", ["not both"]),
         ({"frame_id": "one"}, 422, "frame_id", ["frame_id"]),
