@@ -99,7 +99,7 @@ class RestoreWorker:
                 )
             data = self.store.read_bitstream(frame)
             # 3. Decode (bit-exact) and render the human view.
-            decoded = self.decoder.decode(data)
+            decoded = self.decoder.decode(data, stored=True)  # may predate container v2
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded)
             # 4. Durable image first, then the row that points at it.
