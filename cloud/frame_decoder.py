@@ -2,7 +2,7 @@
 
     bytes ─► FrameBitstream.from_bytes (magic, version, length, crc)
           ─► check bundle tag, codec, rate level, channels, geometry
-          ─► FeatureCodec.decompress (integer tables, bit-exact) ─► DecodedFrame
+          ─► FeatureCodec.decompress (integer tables, bit-exact; symbol CRC) ─► DecodedFrame
 
 Every failure raises InvalidFrame with a message that names the bad field; the
 ingest servicer turns it into INVALID_ARGUMENT.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.bitstream import BitstreamError, FrameBitstream
+from codec.bitstream import VERSION, BitstreamError, FrameBitstream
 from codec.bundle import Bundle
 from codec.entropy_tables import EntropyCodingError
 from codec.feature_codec import EncodedFeatures
@@ -34,6 +34,15 @@ def check_image_size(image_size: tuple[int, int]) -> None:
             f"image_size {w}x{h}: a side exceeds MAX_IMAGE_SIDE {MAX_IMAGE_SIDE} "
             "(codec/wire.py), larger than any frame an edge may send"
         )
+
+
+class OutdatedBitstream(InvalidFrame):
+    """A well-formed frame in a container version ingest no longer accepts.
+
+    The frame is not at fault, the edge agent is: ingest refuses the stream with
+    FAILED_PRECONDITION (the edge stops with its spool intact) instead of rejecting
+    the frame (which makes the edge drop it).
+    """
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,20 @@ class FrameDecoder:
             )
         return geometry
 
-    def decode(self, data: bytes) -> DecodedFrame:
+    def decode(self, data: bytes, stored: bool = False) -> DecodedFrame:
+        """Decode a frame; ``stored``: bytes from the cloud's own store, which may
+        predate the symbol check (container version 1). Ingest takes only the current
+        version: a frame without the check could decode to garbage and be stored."""
         frame = self.parse(data)
+        if frame.version != VERSION and not stored:
+            raise OutdatedBitstream(
+                f"container version {frame.version} (no symbol check) is not accepted for "
+                f"ingest, only version {VERSION}: upgrade the edge agent"
+            )
         geometry = self.geometry(frame)
-        encoded = EncodedFeatures(frame.rate_level, frame.latent_shape, frame.payload)
+        encoded = EncodedFeatures(
+            frame.rate_level, frame.latent_shape, frame.payload, frame.symbol_crc
+        )
         try:
             features = self.codec.decompress(encoded)
         except EntropyCodingError as exc:

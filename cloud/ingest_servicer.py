@@ -5,6 +5,7 @@ stream with a status: FAILED_PRECONDITION for a missing Hello or another bundle,
 INVALID_ARGUMENT for a bad camera id or a malformed frame, UNAUTHENTICATED or
 PERMISSION_DENIED for a camera whose token does not check out (cloud/camera_auth.py),
 ABORTED for a stream replaced by a newer one of the same camera (cloud/camera_streams.py).
+FAILED_PRECONDITION for a frame in a container version ingest no longer takes.
 A rejected frame is not stored; what was acknowledged before stays stored, and
 the server keeps serving.
 """
@@ -15,12 +16,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
 from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.camera_streams import CameraStreams, StreamLease, StreamReplaced
-from cloud.frame_decoder import InvalidFrame
+from cloud.frame_decoder import InvalidFrame, OutdatedBitstream
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
 from codec.wire import CAMERA_ID, REJECTED_SEQUENCE_KEY
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
@@ -109,29 +111,39 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 received = ReceivedFrame(
                     hello.camera_id, f.sequence, f.capture_time_ns, f.rate_level, f.bitstream
                 )
+                # Abort outside the except blocks: an abort raised while handling the error
+                # would chain it (__context__), and the RPC's state would keep the failed
+                # decode's frames and arrays alive (a reference cycle through grpc's state).
+                rejection: tuple[grpc.StatusCode, str] | None = None
                 try:
                     stored = await lease.run(self.ingest.ingest, received, offset)
+                except OutdatedBitstream as exc:
+                    # Not the frame's fault: no rejected sequence, so the edge keeps it.
+                    rejection = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 except InvalidFrame as exc:
                     # Name the frame so the edge can drop it instead of replaying it forever.
                     context.set_trailing_metadata(((REJECTED_SEQUENCE_KEY, str(f.sequence)),))
-                    await self._abort(
-                        context,
+                    rejection = (
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"frame {f.sequence} of camera {hello.camera_id}: {exc}",
                     )
                 except SequenceReused as exc:
-                    await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                    rejection = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 except StreamReplaced:
                     raise
                 except Exception:
                     # Not the frame's fault (a database hiccup, a bug): no ack, the edge
                     # retries; internals stay in our log, not in the edge's.
                     log.exception("storing frame %d of %s failed", f.sequence, hello.camera_id)
-                    await self._abort(
-                        context,
+                    rejection = (
                         grpc.StatusCode.INTERNAL,
                         f"internal error storing frame {f.sequence}; it was not acknowledged",
                     )
+                if rejection is not None:
+                    # The abort's traceback holds this frame until the cycle collector runs:
+                    # let it hold no frame bytes.
+                    del message, f, received
+                    await self._abort(context, *rejection)
                 yield ingest_pb2.DownlinkMessage(
                     ack=ingest_pb2.Ack(
                         sequence=f.sequence,
@@ -180,7 +192,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
 
     async def _abort(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
-    ) -> None:
+    ) -> NoReturn:
         self.ingest.metrics.rejected.labels(code.name).inc()
         log.warning("rejecting stream: %s: %s", code.name, message)
         await context.abort(code, message)

@@ -105,7 +105,7 @@ class RestoreWorker:
                 )
             data = self.store.read_bitstream(frame)
             # 3. Decode (bit-exact) and render the human view.
-            decoded = self.decoder.decode(data)
+            decoded = self.decoder.decode(data, stored=True)  # may predate container v2
             size = view_size(decoded.geometry.image_size, self.max_side)
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded, size)

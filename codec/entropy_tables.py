@@ -10,6 +10,7 @@ to it as dyadic fractions (count / 2**PRECISION), which it represents exactly.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,6 +25,16 @@ _ESCAPE_BITS = 32
 
 class EntropyCodingError(ValueError):
     """A payload that does not decode under these tables."""
+
+
+def symbol_crc(q: np.ndarray) -> int:
+    """CRC-32 of an integer symbol tensor as int32, little-endian, C order.
+
+    The encoder stores it beside the payload and the decoder recomputes it on what it
+    decoded: ANS decodes most corrupted payloads to *something*, so decoding without
+    an error is no proof that the symbols are the ones that were coded.
+    """
+    return zlib.crc32(np.ascontiguousarray(q, dtype="<i4").data)
 
 
 def quantize_frequencies(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:

@@ -5,6 +5,7 @@
         │  uniform quantization with the level's step: q = round(x̃ / step_l)
         ▼
     q (C,H,W) int32 ──► EntropyTables.encode ──► payload bytes
+                    └─► symbol_crc(q) ──► checked against the decoded symbols
 
 The uniform codec needs no training: its statistics (per-channel mean/scale and
 the integer tables) are fitted on sample images when a bundle is exported. It
@@ -20,7 +21,7 @@ from typing import ClassVar, Protocol, Self
 
 import numpy as np
 
-from codec.entropy_tables import EntropyTables
+from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class EncodedFeatures:
     rate_level: int
     latent_shape: tuple[int, int, int]
     payload: bytes
+    symbol_crc: int | None
+    """CRC-32 of the coded symbols (entropy_tables.symbol_crc); None: not checked
+    (a version-1 bitstream from before the check)."""
 
 
 class FeatureCodec(Protocol):
@@ -92,10 +96,18 @@ class _TableCoded:
             raise ValueError(f"features must be (C,H,W), got shape {features.shape}")
         q = self.quantize(features, rate_level)
         shape = (int(q.shape[0]), int(q.shape[1]), int(q.shape[2]))
-        return EncodedFeatures(rate_level, shape, self.tables.encode(q, rate_level))
+        payload = self.tables.encode(q, rate_level)
+        return EncodedFeatures(rate_level, shape, payload, symbol_crc(q))
 
     def decompress(self, encoded: EncodedFeatures) -> np.ndarray:
         q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
+        if encoded.symbol_crc is not None:
+            decoded = symbol_crc(q)
+            if decoded != encoded.symbol_crc:
+                raise EntropyCodingError(
+                    "payload does not decode to the symbols it was coded from (symbol CRC-32 "
+                    f"{decoded:08x}, the container says {encoded.symbol_crc:08x}): corrupted"
+                )
         return self.dequantize(q, encoded.rate_level)
 
     def save(self, path: Path) -> None:

@@ -80,6 +80,7 @@ class FrameEncoder:
             image_size=geometry.image_size,
             latent_shape=encoded.latent_shape,
             payload=encoded.payload,
+            symbol_crc=encoded.symbol_crc,
         ).to_bytes()
         t3 = time.perf_counter()
         stage_ms = {"preprocess": t1 - t0, "nn_part_1": t2 - t1, "encode": t3 - t2}

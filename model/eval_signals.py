@@ -245,7 +245,7 @@ class FeaturePath:
         enc = self.codec.compress(edge.features, level)
         data = FrameBitstream(
             self.codec.codec_id, level, self.bundle.tag, edge.geometry.image_size,
-            enc.latent_shape, enc.payload,
+            enc.latent_shape, enc.payload, enc.symbol_crc,
         ).to_bytes()  # fmt: skip
         t_code = lap()
         lap = clock()

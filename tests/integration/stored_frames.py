@@ -61,6 +61,7 @@ class FrameMaker:
             image_size=size,
             latent_shape=enc.latent_shape,
             payload=enc.payload,
+            symbol_crc=enc.symbol_crc,
         ).to_bytes()
         return data, size
 

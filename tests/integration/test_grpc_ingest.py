@@ -1,6 +1,7 @@
 """gRPC ingest on a real loopback server: acks, replays, and rejected input."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -121,8 +122,7 @@ def test_malformed_bitstream_is_invalid_argument_and_the_server_keeps_serving(
 
     # Another bundle's frame, and a rate level that disagrees with the container.
     other = FrameBitstream.from_bytes(good)
-    foreign = FrameBitstream(other.codec_id, other.rate_level, b"\x00" * 8, other.image_size,
-                             other.latent_shape, other.payload).to_bytes()  # fmt: skip
+    foreign = replace(other, bundle_tag=b"\x00" * 8).to_bytes()
     error = raw_stream(cloud, [hello(tiny_bundle, "cam-d"), frame(0, foreign)])
     assert "bundle tag" in (error.details() or "")
     error = raw_stream(cloud, [hello(tiny_bundle, "cam-d"), frame(0, good, level=5)])
