@@ -14,12 +14,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.frame_decoder import InvalidFrame
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
+from cloud.ingest_lag import IngestLag
+from cloud.store.records import StoredFrame
 from codec.wire import CAMERA_ID, REJECTED_SEQUENCE_KEY
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -40,12 +43,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         num_levels: int,
         rate_hint: int | None,
         auth: CameraAuth | None = None,
+        lag: IngestLag | None = None,
+        workers: int = 0,
+        backpressure_level: int | None = None,
     ) -> None:
         self.ingest = ingest
         self.bundle_hash = bundle_hash
         self.num_levels = num_levels
         self.rate_hint = rate_hint
         self.auth = auth
+        self.lag = lag
+        """None: no backpressure hints"""
+        self.backpressure_level = backpressure_level
+        self._workers = ThreadPoolExecutor(workers, "ingest") if workers else None
+        self._open_streams = 0
 
     async def Stream(
         self,
@@ -54,6 +65,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     ) -> AsyncIterator[ingest_pb2.DownlinkMessage]:
         metrics = self.ingest.metrics
         metrics.streams.inc()
+        self._open_streams += 1
+        hinted_fps = 0.0  # the max_fps this stream was last told (0: none)
         try:
             try:
                 first = await asyncio.wait_for(
@@ -103,7 +116,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     hello.camera_id, f.sequence, f.capture_time_ns, f.rate_level, f.bitstream
                 )
                 try:
-                    stored = await asyncio.to_thread(self.ingest.ingest, received, offset)
+                    stored = await self._store(received, offset)
                 except InvalidFrame as exc:
                     # Name the frame so the edge can drop it instead of replaying it forever.
                     context.set_trailing_metadata(((REJECTED_SEQUENCE_KEY, str(f.sequence)),))
@@ -130,8 +143,52 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         num_detections=stored.num_detections,
                     )
                 )
+                if (hint := self._backpressure(hinted_fps)) is not None:
+                    hinted_fps = hint.rate_hint.max_fps
+                    yield hint
         finally:
+            self._open_streams -= 1
             metrics.streams.dec()
+
+    # ── ingest lag and backpressure (cloud/ingest_lag.py) ────────────────────
+    async def _store(self, frame: ReceivedFrame, offset_ns: int) -> StoredFrame:
+        """FrameIngest.ingest on a worker thread, measuring the wait and the lag."""
+        metrics = self.ingest.metrics
+        submitted = time.perf_counter()
+
+        def work() -> StoredFrame:
+            metrics.ingest_wait.observe(time.perf_counter() - submitted)
+            return self.ingest.ingest(frame, offset_ns)
+
+        stored = await asyncio.get_running_loop().run_in_executor(self._workers, work)
+        if not stored.duplicate:
+            lag_s = (time.time_ns() - frame.capture_time_ns - offset_ns) / 1e9
+            metrics.ingest_lag.observe(max(lag_s, 0.0))
+            if self.lag is not None:
+                self.lag.observe(lag_s, time.monotonic())
+                metrics.ingest_lag_smoothed.set(self.lag.lag_s)
+                metrics.ingest_behind.set(int(self.lag.behind))
+        return stored
+
+    def _backpressure(self, hinted_fps: float) -> ingest_pb2.DownlinkMessage | None:
+        """A RateHint when this stream's max_fps should change (set while the cloud is
+        behind, lifted to 0 once it caught up); None when what it was told still holds."""
+        if self.lag is None:
+            return None
+        wanted = self.lag.hint(self._open_streams)
+        max_fps = 0.0 if wanted is None else wanted.max_fps
+        if abs(max_fps - hinted_fps) < 0.05:  # float32 on the wire; shares are 0.1-rounded
+            return None
+        caps = [] if self.rate_hint is None else [self.rate_hint]
+        if wanted is not None and self.backpressure_level is not None:
+            caps.append(self.backpressure_level)
+        level = min(caps, default=self.num_levels - 1)
+        reason = "caught up" if wanted is None else wanted.reason
+        self.ingest.metrics.rate_hints.labels("lifted" if wanted is None else "backpressure").inc()
+        log.info("rate hint: max_fps %g, level %d (%s)", max_fps, level, reason)
+        return ingest_pb2.DownlinkMessage(
+            rate_hint=ingest_pb2.RateHint(rate_level=level, reason=reason, max_fps=max_fps)
+        )
 
     async def _check_hello(
         self, first: ingest_pb2.UplinkMessage | None, context: grpc.aio.ServicerContext
