@@ -80,6 +80,7 @@ bench: setup bundle $(UNIFORM)/manifest.json ## Benchmarks; tables go to bench/r
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/link_recovery.py --bundle $(BUNDLE) --out bench/results
+	$(PY) bench/backpressure.py --bundle $(BUNDLE) --out bench/results
 
 clean: ## Remove the venv, generated stubs, bundles and outputs
 	rm -rf $(VENV) fchm/v1/*_pb2*.py fchm/v1/*_pb2*.pyi bundles var demo-out

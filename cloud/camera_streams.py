@@ -20,8 +20,10 @@ interleaving two streams of one camera. Everything here runs on the server's eve
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,13 @@ class StreamLease:
         finally:
             replaced.cancel()
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run one frame's blocking ingest in a thread; StreamReplaced instead of its
-        result if the stream was replaced meanwhile (so nothing is acked late)."""
+    async def run(self, fn: Callable[..., T], *args: object, executor: Executor | None = None) -> T:
+        """Run one frame's blocking ingest in a thread (``executor``, default asyncio's);
+        StreamReplaced instead of its result if the stream was replaced meanwhile (so
+        nothing is acked late)."""
         self.check()
-        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(loop.run_in_executor(executor, functools.partial(fn, *args)))
         self.registry.in_flight.setdefault(self.camera_id, set()).add(work)
         work.add_done_callback(lambda w: self.registry.forget(self.camera_id, w))
         # Shielded: a cancelled stream must not look idle while its thread still stores.

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
 
 import grpc
@@ -24,6 +25,8 @@ from cloud.camera_auth import AuthRefused, CameraAuth
 from cloud.camera_streams import CameraStreams, StreamLease, StreamReplaced
 from cloud.frame_decoder import InvalidFrame, OutdatedBitstream
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
+from cloud.ingest_lag import IngestLag
+from cloud.store.records import StoredFrame
 from codec.wire import CAMERA_ID, REJECTED_SEQUENCE_KEY
 from fchm.v1 import ingest_pb2, ingest_pb2_grpc
 
@@ -45,6 +48,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         rate_hint: int | None,
         auth: CameraAuth | None = None,
         streams: CameraStreams | None = None,
+        lag: IngestLag | None = None,
+        workers: int = 0,
+        backpressure_level: int | None = None,
     ) -> None:
         self.ingest = ingest
         self.bundle_hash = bundle_hash
@@ -52,6 +58,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self.rate_hint = rate_hint
         self.auth = auth
         self.streams = streams or CameraStreams()
+        self.lag = lag
+        """None: no backpressure hints"""
+        self.backpressure_level = backpressure_level
+        self._workers = ThreadPoolExecutor(workers, "ingest") if workers else None
+        self._open_streams = 0
 
     async def Stream(
         self,
@@ -61,6 +72,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         metrics = self.ingest.metrics
         metrics.streams.inc()
         lease: StreamLease | None = None
+        self._open_streams += 1
+        hinted_fps = 0.0  # the max_fps this stream was last told (0: none)
         try:
             try:
                 first = await asyncio.wait_for(
@@ -116,7 +129,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 # decode's frames and arrays alive (a reference cycle through grpc's state).
                 rejection: tuple[grpc.StatusCode, str] | None = None
                 try:
-                    stored = await lease.run(self.ingest.ingest, received, offset)
+                    submitted = time.perf_counter()
+                    stored = await lease.run(
+                        self._ingest_now, received, offset, submitted, executor=self._workers
+                    )
+                    self._observe_lag(stored, received, offset)
                 except OutdatedBitstream as exc:
                     # Not the frame's fault: no rejected sequence, so the edge keeps it.
                     rejection = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -151,12 +168,54 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                         num_detections=stored.num_detections,
                     )
                 )
+                if (hint := self._backpressure(hinted_fps)) is not None:
+                    hinted_fps = hint.rate_hint.max_fps
+                    yield hint
         except StreamReplaced as exc:
             await self._abort(context, grpc.StatusCode.ABORTED, str(exc))
         finally:
+            self._open_streams -= 1
             if lease is not None:
                 self.streams.release(lease)
             metrics.streams.dec()
+
+    # ── ingest lag and backpressure (cloud/ingest_lag.py) ────────────────────
+    def _ingest_now(self, frame: ReceivedFrame, offset_ns: int, submitted: float) -> StoredFrame:
+        """FrameIngest.ingest, on a worker thread: how long the frame waited for one."""
+        self.ingest.metrics.ingest_wait.observe(time.perf_counter() - submitted)
+        return self.ingest.ingest(frame, offset_ns)
+
+    def _observe_lag(self, stored: StoredFrame, frame: ReceivedFrame, offset_ns: int) -> None:
+        """Capture → stored latency of a newly stored frame, into metrics and IngestLag."""
+        if stored.duplicate:
+            return
+        metrics = self.ingest.metrics
+        lag_s = (time.time_ns() - frame.capture_time_ns - offset_ns) / 1e9
+        metrics.ingest_lag.observe(max(lag_s, 0.0))
+        if self.lag is not None:
+            self.lag.observe(lag_s, time.monotonic())
+            metrics.ingest_lag_smoothed.set(self.lag.lag_s)
+            metrics.ingest_behind.set(int(self.lag.behind))
+
+    def _backpressure(self, hinted_fps: float) -> ingest_pb2.DownlinkMessage | None:
+        """A RateHint when this stream's max_fps should change (set while the cloud is
+        behind, lifted to 0 once it caught up); None when what it was told still holds."""
+        if self.lag is None:
+            return None
+        wanted = self.lag.hint(self._open_streams)
+        max_fps = 0.0 if wanted is None else wanted.max_fps
+        if abs(max_fps - hinted_fps) < 0.05:  # float32 on the wire; shares are 0.1-rounded
+            return None
+        caps = [] if self.rate_hint is None else [self.rate_hint]
+        if wanted is not None and self.backpressure_level is not None:
+            caps.append(self.backpressure_level)
+        level = min(caps, default=self.num_levels - 1)
+        reason = "caught up" if wanted is None else wanted.reason
+        self.ingest.metrics.rate_hints.labels("lifted" if wanted is None else "backpressure").inc()
+        log.info("rate hint: max_fps %g, level %d (%s)", max_fps, level, reason)
+        return ingest_pb2.DownlinkMessage(
+            rate_hint=ingest_pb2.RateHint(rate_level=level, reason=reason, max_fps=max_fps)
+        )
 
     async def _check_hello(
         self, first: ingest_pb2.UplinkMessage | None, context: grpc.aio.ServicerContext

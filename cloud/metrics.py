@@ -29,6 +29,29 @@ class CloudMetrics:
             buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3),
             registry=r,
         )
+        self.ingest_lag = Histogram(
+            "fchm_ingest_lag_seconds",
+            "Capture (camera clock, offset corrected) to stored, per stored frame",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.ingest_wait = Histogram(
+            "fchm_ingest_wait_seconds",
+            "Time a received frame waited for an ingest worker thread",
+            buckets=(0.0005, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3),
+            registry=r,
+        )
+        self.ingest_lag_smoothed = Gauge(
+            "fchm_ingest_lag_smoothed_seconds",
+            "Smoothed ingest lag the backpressure decisions are made on",
+            registry=r,
+        )
+        self.ingest_behind = Gauge(
+            "fchm_ingest_behind", "1 while backpressure hints are in force", registry=r
+        )
+        self.rate_hints = Counter(
+            "fchm_rate_hints", "Rate hints sent to edges", ["kind"], registry=r
+        )
         self.streams = Gauge("fchm_ingest_streams", "Open edge streams", registry=r)
         self.views_queued = Gauge("fchm_views_queued", "View jobs waiting", registry=r)
         self.views = Counter("fchm_views", "View jobs finished", ["status"], registry=r)

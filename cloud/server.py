@@ -26,6 +26,7 @@ from cloud.camera_auth import CameraAuth
 from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder
 from cloud.frame_ingest import FrameIngest
+from cloud.ingest_lag import IngestLag
 from cloud.ingest_servicer import IngestServicer
 from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
@@ -156,11 +157,21 @@ class CloudServer:
         decoder = FrameDecoder(bundle)
         tail = DetectorTail(bundle, s.detector_conf, s.detector_iou, threads=s.onnx_threads)
         ingest = FrameIngest(decoder, tail, store, metrics)
-        if s.rate_hint is not None and s.rate_hint >= decoder.codec.num_levels:
-            raise ValueError(f"rate_hint {s.rate_hint} outside 0..{decoder.codec.num_levels - 1}")
         auth = CameraAuth(s.camera_tokens)
+        for name in ("rate_hint", "backpressure_rate_level"):
+            level = getattr(s, name)
+            if level is not None and level >= decoder.codec.num_levels:
+                raise ValueError(f"{name} {level} outside 0..{decoder.codec.num_levels - 1}")
+        lag = None if s.max_ingest_lag_s is None else IngestLag(s.max_ingest_lag_s)
         servicer = IngestServicer(
-            ingest, bundle.hash, decoder.codec.num_levels, s.rate_hint, auth=auth
+            ingest,
+            bundle.hash,
+            decoder.codec.num_levels,
+            s.rate_hint,
+            auth=auth,
+            lag=lag,
+            workers=s.ingest_workers,
+            backpressure_level=s.backpressure_rate_level,
         )
         self._grpc, self.grpc_port = create_grpc_server(servicer, s)
         await self._grpc.start()

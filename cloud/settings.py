@@ -31,6 +31,24 @@ class CloudSettings(BaseSettings):
     rate_hint: int | None = Field(
         None, ge=0, description="Rate level advised to every edge at connect (none: no advice)"
     )
+    max_ingest_lag_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="Smoothed capture-to-stored lag above which edges are told to slow "
+        "down (max_fps hints); lifted below half of it (none: never)",
+    )
+    backpressure_rate_level: int | None = Field(
+        None,
+        ge=0,
+        description="Rate level cap sent with backpressure hints (none: only max_fps)",
+    )
+    ingest_workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads that decode, detect and store received frames (0: asyncio's "
+        "default pool, min(32, cores + 4))",
+    )
     max_message_bytes: int = Field(
         8 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
     )

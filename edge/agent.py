@@ -7,9 +7,16 @@
                                                                          (replay oldest first,
                                                                           reconnect with backoff)
 
+Live sources stay current under load: a frame older than ``max_frame_age_s`` when
+the encoder reaches it is dropped before encoding ("stale"), and the cloud's
+backpressure hint (RateHint.max_fps) thins capture ("rate_hint"). A frame that was
+encoded is spooled, and a spooled frame is never dropped for being late.
+
 ``run_agent`` reads top to bottom. It returns when the source ends (or ``stop`` is
-set) and the spool has drained, or ``flush_timeout_s`` has passed. Frames still in
-the spool then are sent by the next run.
+set) and the spool has drained: it waits as long as the cloud keeps acking, up to
+``flush_timeout_s`` if set, and gives up after ``flush_stall_s`` without an ack (or
+when ``give_up`` is set). Frames still in the spool then are sent by the next run.
+Progress (captured, encoded, acked, spooled) is logged every ``progress_interval_s``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from edge.channel import call_metadata, channel_credentials, open_channel
 from edge.frame_encoder import FrameEncoder
 from edge.frame_queue import FrameQueue, start_capture
 from edge.metrics import EdgeMetrics, MetricsServer, serve_metrics
-from edge.rate_control import ActivityMeter, make_rate_controller
+from edge.rate_control import ActivityMeter, FpsCap, make_rate_controller
 from edge.settings import EdgeSettings
 from edge.sources import CapturedFrame, SourceStats, is_live, open_source
 from edge.spool import Spool
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class AgentReport:
     camera_id: str
+    captured: int = 0
+    """frames read from the source by this run"""
     frames: int = 0
     """frames encoded and spooled by this run"""
     bytes_encoded: int = 0
@@ -75,7 +84,11 @@ class _Listener(UplinkListener):
         self.metrics.on_acked(nbytes)
 
 
-def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> AgentReport:
+def run_agent(
+    settings: EdgeSettings,
+    stop: threading.Event | None = None,
+    give_up: threading.Event | None = None,
+) -> AgentReport:
     stop = stop or threading.Event()
     report = AgentReport(settings.camera_id)
 
@@ -148,9 +161,17 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
         queue.close()
 
     threading.Thread(target=on_stop, name="stop-watch", daemon=True).start()
+    if settings.progress_interval_s > 0:
+        threading.Thread(
+            target=_log_progress,
+            args=(report, uplink, spool, done, settings.progress_interval_s),
+            name="progress",
+            daemon=True,
+        ).start()
 
     # 4. Encode loop: rate level per frame, encode, spool (durable), account.
     rate = make_rate_controller(settings, encoder.codec, fps_hint=settings.max_fps)
+    fps_cap = FpsCap()
     activity = ActivityMeter()
     totals: dict[str, float] = {}
     queue_drops = 0
@@ -160,6 +181,16 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
             if stop.is_set() or uplink.fatal is not None:
                 break
             metrics.on_captured()
+            report.captured += 1
+            if queue.dropped > queue_drops:
+                dropped("queue_full", queue.dropped - queue_drops)
+                queue_drops = queue.dropped
+            if live and _stale(frame, settings.max_frame_age_s):
+                dropped("stale", 1)  # before encoding: nothing durable is lost
+                continue
+            if live and not fps_cap.keep(frame.capture_time_ns / 1e9, uplink.max_fps_hint):
+                dropped("rate_hint", 1)
+                continue
             now_s = _clock(frame)
             rate.set_hint(uplink.rate_hint)
             level = rate.choose(now_s, activity(frame.image))
@@ -177,15 +208,18 @@ def run_agent(settings: EdgeSettings, stop: threading.Event | None = None) -> Ag
             report.bytes_encoded += len(encoded.bitstream)
             for stage, ms in encoded.stage_ms.items():
                 totals[stage] = totals.get(stage, 0.0) + ms
-            if queue.dropped > queue_drops:
-                dropped("queue_full", queue.dropped - queue_drops)
-                queue_drops = queue.dropped
     finally:
         # 5. Shut down in order: stop capture, flush the spool, close the stream.
-        done.set()
         queue.close()
         source_stop.set()
-        drained = uplink.stop(settings.flush_timeout_s if uplink.fatal is None else 0)
+        if spool.frames and uplink.fatal is None:
+            log.info("capture ended; waiting for the cloud to ack %d spooled frames", spool.frames)
+        drained = uplink.stop(
+            settings.flush_timeout_s if uplink.fatal is None else 0,
+            stall_s=settings.flush_stall_s,
+            give_up=give_up,
+        )
+        done.set()
         report.elapsed_s = time.perf_counter() - started
         report.acked, report.duplicates = uplink.stats.acked, uplink.stats.duplicates
         report.detections = uplink.stats.detections
@@ -224,6 +258,22 @@ def _after(
         produced += 1
         if max_frames is not None and produced >= max_frames:
             return
+
+
+def _stale(frame: CapturedFrame, max_age_s: float | None) -> bool:
+    return max_age_s is not None and time.time_ns() - frame.capture_time_ns > max_age_s * 1e9
+
+
+def _log_progress(
+    report: AgentReport, uplink: Uplink, spool: Spool, done: threading.Event, every_s: float
+) -> None:
+    while not done.wait(every_s):
+        dropped = sum(report.dropped.values())
+        log.info(
+            "camera %s: %d captured, %d encoded, %d acked, %d spooled, %d dropped%s",
+            report.camera_id, report.captured, report.frames, uplink.stats.acked,
+            spool.frames, dropped, "" if uplink.connected else " (cloud not connected)",
+        )  # fmt: skip
 
 
 def _clock(frame: CapturedFrame) -> float:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from edge.frame_encoder import EncodedFrame
 
-DROP_REASONS = ("queue_full", "spool_full", "spool_age", "rejected")
+DROP_REASONS = ("queue_full", "stale", "rate_hint", "spool_full", "spool_age", "rejected")
 STAGES = ("preprocess", "nn_part_1", "encode")
 
 
@@ -99,7 +99,9 @@ class EdgeMetrics:
         self.dropped = Counter(
             "fchm_edge_dropped_frames",
             "Frames dropped, by reason: queue_full (encoder behind a live source), "
-            "spool_full / spool_age (spool bounds), rejected (refused by the cloud)",
+            "stale (older than max_frame_age_s before encoding), rate_hint (thinned to the "
+            "cloud's max_fps), spool_full / spool_age (spool bounds), rejected (refused by "
+            "the cloud)",
             ["reason"],
             registry=r,
         )

@@ -278,6 +278,30 @@ class BudgetRate:
         return 0.5 * self.depth * max(-1.0, min(1.0, 1.0 - salience))
 
 
+class FpsCap:
+    """The cloud's max_fps hint on a live source: one frame kept per 1/max_fps s.
+
+    A schedule of slots (like ``edge.sources.thinned``), so 10 fps out of 25 stays 10,
+    not 8.3; a frame more than a slot late starts a new schedule (no burst after a
+    stall). No hint (None or 0): every frame is kept.
+    """
+
+    def __init__(self) -> None:
+        self._due_s: float | None = None
+
+    def keep(self, now_s: float, max_fps: float | None) -> bool:
+        if not max_fps:
+            self._due_s = None
+            return True
+        gap_s = 1.0 / max_fps
+        due = self._due_s
+        if due is not None and now_s < due - 1e-6:
+            return False
+        on_schedule = due is not None and now_s - due < gap_s
+        self._due_s = due + gap_s if on_schedule and due is not None else now_s + gap_s
+        return True
+
+
 # ── measuring ──────────────────────────────────────────────────────────────
 
 

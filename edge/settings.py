@@ -34,6 +34,12 @@ class EdgeSettings(BaseSettings):
     reconnect_source: bool = Field(
         True, description="Reopen a live stream that drops (files are never reopened)"
     )
+    max_frame_age_s: float | None = Field(
+        2.0,
+        gt=0,
+        description="Live sources: a frame older than this when the encoder reaches it is "
+        "dropped before encoding, counted as 'stale' (none: never; files: never)",
+    )
 
     # ── rate ─────────────────────────────────────────────────────────────────
     rate_level: int = Field(0, ge=0, description="Fixed rate level (0 = fewest bytes)")
@@ -62,8 +68,17 @@ class EdgeSettings(BaseSettings):
     spool_max_age_s: float = Field(
         24 * 3600.0, gt=0, description="Frames older than this are dropped from the spool"
     )
-    flush_timeout_s: float = Field(
-        30.0, ge=0, description="On shutdown, wait this long for the spool to drain"
+    flush_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        description="At the end, wait at most this long for the spool to drain (none: as "
+        "long as the cloud keeps acking)",
+    )
+    flush_stall_s: float = Field(
+        30.0,
+        gt=0,
+        description="At the end, give up the flush when nothing was acked for this long "
+        "(cloud unreachable); what is left stays spooled for the next run",
     )
 
     # ── operations ───────────────────────────────────────────────────────────
@@ -72,6 +87,9 @@ class EdgeSettings(BaseSettings):
     )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a container)"
+    )
+    progress_interval_s: float = Field(
+        5.0, ge=0, description="Log frames captured/encoded/acked this often, s (0: never)"
     )
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json logs")
 

@@ -15,6 +15,7 @@ spool, counted, and logged, so that it cannot block the stream forever.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -111,6 +112,8 @@ class Uplink:
         self.stats = UplinkStats()
         self.session: Session | None = None
         self.rate_hint: int | None = None
+        self.max_fps_hint: float | None = None
+        """the cloud's backpressure: capture at most this many frames/s (None: no limit)"""
         self.fatal: UplinkError | None = None
         self._stopping = threading.Event()
         self._call: grpc.RpcContext | None = None
@@ -131,15 +134,31 @@ class Uplink:
             time.sleep(0.02)
         return self.session
 
-    def stop(self, flush_timeout_s: float) -> bool:
-        """Wait up to ``flush_timeout_s`` for the spool to drain, then end the stream.
+    def stop(
+        self,
+        flush_timeout_s: float | None,
+        stall_s: float | None = None,
+        give_up: threading.Event | None = None,
+    ) -> bool:
+        """Wait for the spool to drain, then end the stream.
 
-        Returns True when every frame was acknowledged; otherwise the rest stays spooled.
+        The wait ends after ``flush_timeout_s`` (None: no limit), after ``stall_s``
+        without an ack (the cloud unreachable or not answering; None: no limit), or
+        when ``give_up`` is set. Returns True when every frame was acknowledged;
+        otherwise the rest stays spooled.
         """
-        deadline = time.monotonic() + flush_timeout_s
+        started = time.monotonic()
+        deadline = math.inf if flush_timeout_s is None else started + flush_timeout_s
+        seen, progress_at = -1, started
         # Wait in slices: a fatal status ends the wait early (nothing more will drain).
-        while self.fatal is None and time.monotonic() < deadline:
-            if self.spool.wait_empty(min(0.2, max(deadline - time.monotonic(), 0))):
+        while self.fatal is None and not (give_up is not None and give_up.is_set()):
+            now = time.monotonic()
+            done = self.stats.acked + self.stats.rejected
+            if done != seen:
+                seen, progress_at = done, now
+            if now >= deadline or (stall_s is not None and now - progress_at >= stall_s):
+                break
+            if self.spool.wait_empty(min(0.2, deadline - now)):
                 break
         drained = self.fatal is None and self.spool.frames == 0
         self._stopping.set()
@@ -223,7 +242,8 @@ class Uplink:
             channel.close()
 
     def _welcome(self, welcome: ingest_pb2.Welcome) -> None:
-        self.rate_hint = None  # a hint lasts one session; the cloud repeats it if it stands
+        # A hint lasts one session; the cloud repeats it if it stands.
+        self.rate_hint, self.max_fps_hint = None, None
         # The cloud may have stored higher sequences for this camera (a restored or
         # reinstalled spool): new frames continue above them, never reusing one.
         self.spool.advance_to(welcome.next_sequence)
@@ -304,5 +324,9 @@ class Uplink:
             self.listener.on_acked(ack.sequence, nbytes, ack.duplicate)
         elif kind == "rate_hint":
             hint = message.rate_hint
-            log.info("cloud rate hint: level %d (%s)", hint.rate_level, hint.reason)
+            log.info(
+                "cloud rate hint: level %d, max_fps %g (%s)",
+                hint.rate_level, hint.max_fps, hint.reason,
+            )  # fmt: skip
             self.rate_hint = hint.rate_level
+            self.max_fps_hint = hint.max_fps if hint.max_fps > 0 else None

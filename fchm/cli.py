@@ -212,8 +212,11 @@ def edge_run(
 ) -> None:
     """Stream a source to the cloud as compressed detector features.
 
-    SIGTERM or Ctrl-C stops capture and flushes the spool (up to flush_timeout_s);
-    frames still spooled are sent by the next run (exit code 3 says so).
+    A file is sent whole: the agent waits until the cloud has acked every frame,
+    logging progress every progress_interval_s, and exits 0. SIGTERM or Ctrl-C stops
+    capture and flushes the spool; a second one stops the flush. A flush that gets no
+    ack for flush_stall_s (cloud unreachable) gives up; frames still spooled are sent
+    by the next run (exit code 3 says how many).
     """
     import signal
     import threading
@@ -242,15 +245,20 @@ def edge_run(
         )
         if settings.log_format == "json":  # the agent's YAML/env may ask for JSON logs
             setup_logging(logging.getLogger().level, "json")
-        stop = threading.Event()
+        stop, give_up = threading.Event(), threading.Event()
+
+        def on_signal(*_: object) -> None:
+            (give_up if stop.is_set() else stop).set()  # the second one ends the flush
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        report = run_agent(settings, stop)
+            signal.signal(sig, on_signal)
+        report = run_agent(settings, stop, give_up)
     except (ConfigError, BundleError, SourceError, UplinkError, ValueError) as exc:
         raise fail(str(exc)) from None
     dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none"
     typer.echo(
-        f"camera {report.camera_id}: {report.frames} frames, {report.acked} acked "
+        f"camera {report.camera_id}: {report.captured} captured, {report.frames} frames, "
+        f"{report.acked} acked "
         f"({report.duplicates} duplicates), {report.bytes_per_frame:.0f} bytes/frame, "
         f"{report.detections} detections, dropped: {dropped}, {report.elapsed_s:.1f} s"
     )

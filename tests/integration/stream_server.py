@@ -26,7 +26,9 @@ def serve(port: int, video: str, fps: float) -> None:
             self.send_header("Content-Type", "video/mp2t")
             self.end_headers()
             out = av.open(self.wfile, "w", format="mpegts")
-            stream = out.add_stream("mpeg2video", rate=round(fps))
+            # MPEG-2 knows a few frame rates only: other --fps are paced, not signalled.
+            nominal = round(fps) if round(fps) in (24, 25, 30, 50, 60) else 25
+            stream = out.add_stream("mpeg2video", rate=nominal)
             stream.gop_size = 10
             stream.pix_fmt = "yuv420p"
             pts, started = 0, time.monotonic()
@@ -37,7 +39,7 @@ def serve(port: int, video: str, fps: float) -> None:
                             if pts == 0:
                                 stream.width, stream.height = frame.width, frame.height
                             frame = frame.reformat(format="yuv420p")
-                            frame.pts, frame.time_base = pts, Fraction(1, round(fps))
+                            frame.pts, frame.time_base = pts, Fraction(1, nominal)
                             out.mux(stream.encode(frame))
                             pts += 1
                             time.sleep(max(0.0, started + pts / fps - time.monotonic()))
