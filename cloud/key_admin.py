@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud.settings import CloudSettings
 from cloud.store.api_keys import ApiKey, ApiKeyStore
 from cloud.store.frame_store import open_engine
-from fchm.config import ConfigError, load_settings
+from infra.settings_files import ConfigError, load_settings
 
 
 class KeyCommandError(Exception):

@@ -34,7 +34,7 @@ from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
-from fchm.tls import read_pem
+from infra.tls import read_pem
 from fchm.v1 import ingest_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ COPY codec codec
 COPY edge edge
 COPY cloud cloud
 COPY model model
+COPY infra infra
 COPY fchm fchm
 COPY proto proto
 # The gRPC stubs are generated, not committed (make proto does the same).

@@ -18,7 +18,7 @@ import logging
 import grpc
 
 from edge.settings import EdgeSettings
-from fchm.tls import read_pem
+from infra.tls import read_pem
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import numpy as np
 from codec.bundle import file_sha256
 from edge.backend_errors import BackendUnavailable
 from edge.cuda_memory import CudaMemory, open_cuda_memory
-from fchm.atomic_file import write_atomically
+from infra.atomic_file import write_atomically
 
 log = logging.getLogger(__name__)
 

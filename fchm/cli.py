@@ -14,30 +14,24 @@ no FastAPI) runs ``fchm edge run``.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fchm.logging_setup import setup_logging
+from fchm.cli_options import fail
+from fchm.cloud_commands import cloud_app
+from fchm.edge_commands import edge_app
+from infra.logging_setup import setup_logging
 
 app = typer.Typer(
     help="FCHM: machine-first split inference for cameras.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
-edge_app = typer.Typer(help="The camera edge agent.", no_args_is_help=True)
 model_app = typer.Typer(help="Model lifecycle: train, export, eval.", no_args_is_help=True)
-key_app = typer.Typer(
-    help="REST API keys, stored hashed in the cloud's database (cloud running or not).",
-    no_args_is_help=True,
-)
 app.add_typer(cloud_app, name="cloud")
-cloud_app.add_typer(key_app, name="key")
 app.add_typer(edge_app, name="edge")
 app.add_typer(model_app, name="model")
 
@@ -45,14 +39,6 @@ app.add_typer(model_app, name="model")
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
-
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file")]
-
-
-def fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 @app.callback()
@@ -69,202 +55,6 @@ def main(
         setup_logging(log_level, log_format.value)
     except ValueError as exc:  # an unknown level name
         raise fail(f"--log-level: {exc}") from None
-
-
-@cloud_app.command("serve")
-def cloud_serve(
-    config: ConfigOpt = None,
-    bundle: Annotated[Path | None, typer.Option(help="Bundle directory")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC ingest port")] = None,
-    http_port: Annotated[int | None, typer.Option(help="REST API port")] = None,
-) -> None:
-    """Run gRPC ingest, the detector tail, the REST API and view workers."""
-    from cloud.server import serve
-    from cloud.settings import CloudSettings
-    from codec.bundle import BundleError
-    from fchm.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings(
-            CloudSettings,
-            config,
-            bundle=bundle,
-            data_dir=data_dir,
-            database_url=database_url,
-            grpc_port=grpc_port,
-            http_port=http_port,
-        )
-        asyncio.run(serve(settings))
-    except (ConfigError, BundleError, OSError, ValueError) as exc:
-        # A busy grpc_port/http_port, a missing database driver: one line naming the setting.
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:  # Ctrl-C while starting (once started, SIGINT stops cleanly)
-        raise typer.Exit(130) from None
-
-
-@cloud_app.command("token")
-def cloud_token(
-    camera: Annotated[str, typer.Option(help="Camera id the token is for")],
-) -> None:
-    """Print a new random token for a camera and the sha256 line for the cloud's config.
-
-    The camera keeps the token (edge `token:` or FCHM_EDGE_TOKEN); the cloud stores
-    only its hash under `camera_tokens:`. Run again to rotate a token.
-    """
-    from cloud.camera_auth import hash_token, new_token
-    from codec.wire import CAMERA_ID
-
-    if not CAMERA_ID.match(camera):
-        raise fail(f"--camera: {camera!r} must match {CAMERA_ID.pattern}")
-    token = new_token()
-    typer.echo(f"# edge config of {camera} (or FCHM_EDGE_TOKEN); keep it secret")
-    typer.echo(f"token: {token}")
-    typer.echo("# cloud config: add under camera_tokens")
-    typer.echo("camera_tokens:")
-    typer.echo(f"  {camera}: {hash_token(token)}")
-
-
-DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory")]
-DatabaseUrlOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL")]
-
-
-@key_app.command("create")
-def key_create(
-    name: Annotated[str, typer.Option(help="Who or what the key is for")],
-    scope: Annotated[
-        list[str], typer.Option(help="read, view (implies read) or admin; repeatable")
-    ],
-    camera: Annotated[
-        list[str] | None, typer.Option(help="Only this camera (repeatable; default: all)")
-    ] = None,
-    expires_days: Annotated[
-        float | None, typer.Option(help="Expire after this many days (default: never)")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Create an API key; print the key (stdout, shown only now) and its id (stderr)."""
-    from cloud.key_admin import KEY_ERRORS, expiry_ns, open_key_store
-
-    try:
-        keys = open_key_store(config, data_dir, database_url)
-        record, key = keys.create(name, scope, camera or [], expiry_ns(expires_days))
-    except KEY_ERRORS as exc:
-        raise fail(str(exc)) from None
-    typer.echo(
-        f"created API key {record.id} ({record.name}; scope {', '.join(record.scopes)}; "
-        f"cameras {', '.join(record.cameras) or 'all'}); the key is shown only now:",
-        err=True,
-    )
-    typer.echo(key)
-
-
-@key_app.command("list")
-def key_list(
-    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
-) -> None:
-    """Every API key (never the key itself): id, name, scopes, cameras, times, state."""
-    from cloud.key_admin import KEY_ERRORS, key_table, open_key_store
-
-    try:
-        typer.echo(key_table(open_key_store(config, data_dir, database_url).list()))
-    except KEY_ERRORS as exc:
-        raise fail(str(exc)) from None
-
-
-@key_app.command("revoke")
-def key_revoke(
-    key_id: Annotated[str, typer.Argument(help="Key id (fchm cloud key list)")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Revoke a key: the next request that presents it is refused (401)."""
-    from cloud.key_admin import KEY_ERRORS, open_key_store
-
-    try:
-        record = open_key_store(config, data_dir, database_url).revoke(key_id)
-    except KEY_ERRORS as exc:
-        raise fail(str(exc)) from None
-    typer.echo(f"revoked API key {record.id} ({record.name})")
-
-
-@edge_app.command("run")
-def edge_run(
-    config: ConfigOpt = None,
-    source: Annotated[
-        str | None, typer.Option(help="Video file, folder, URL or webcam index")
-    ] = None,
-    camera: Annotated[str | None, typer.Option(help="Camera id")] = None,
-    cloud: Annotated[str | None, typer.Option(help="Cloud gRPC address host:port")] = None,
-    rate: Annotated[int | None, typer.Option(help="Rate level (0 = fewest bytes)")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="Bundle directory")] = None,
-    max_fps: Annotated[float | None, typer.Option(help="Frame-rate cap")] = None,
-    max_frames: Annotated[int | None, typer.Option(help="Stop after N frames")] = None,
-    backend: Annotated[str | None, typer.Option(help="Encoder backend")] = None,
-    budget_kbps: Annotated[
-        float | None, typer.Option(help="Bandwidth budget, kbit/s (picks the level per frame)")
-    ] = None,
-    spool_dir: Annotated[Path | None, typer.Option(help="Durable spool directory")] = None,
-) -> None:
-    """Stream a source to the cloud as compressed detector features.
-
-    A file is sent whole: the agent waits until the cloud has acked every frame,
-    logging progress every progress_interval_s, and exits 0. SIGTERM or Ctrl-C stops
-    capture and flushes the spool; a second one stops the flush. A flush that gets no
-    ack for flush_stall_s (cloud unreachable) gives up; frames still spooled are sent
-    by the next run (exit code 3 says how many).
-    """
-    import signal
-    import threading
-
-    from codec.bundle import BundleError
-    from edge.agent import run_agent
-    from edge.settings import EdgeSettings
-    from edge.sources import SourceError
-    from edge.uplink import UplinkError
-    from fchm.config import ConfigError, load_settings
-
-    try:
-        settings = load_settings(
-            EdgeSettings,
-            config,
-            source=source,
-            camera_id=camera,
-            cloud=cloud,
-            rate_level=rate,
-            bundle=bundle,
-            max_fps=max_fps,
-            max_frames=max_frames,
-            backend=backend,
-            budget_kbps=budget_kbps,
-            spool_dir=spool_dir,
-        )
-        if settings.log_format == "json":  # the agent's YAML/env may ask for JSON logs
-            setup_logging(logging.getLogger().level, "json")
-        stop, give_up = threading.Event(), threading.Event()
-
-        def on_signal(*_: object) -> None:
-            (give_up if stop.is_set() else stop).set()  # the second one ends the flush
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
-        report = run_agent(settings, stop, give_up)
-    except (ConfigError, BundleError, SourceError, UplinkError, ValueError) as exc:
-        raise fail(str(exc)) from None
-    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items()) or "none"
-    typer.echo(
-        f"camera {report.camera_id}: {report.captured} captured, {report.frames} frames, "
-        f"{report.acked} acked "
-        f"({report.duplicates} duplicates), {report.bytes_per_frame:.0f} bytes/frame, "
-        f"{report.detections} detections, dropped: {dropped}, {report.elapsed_s:.1f} s"
-    )
-    if report.spooled_left:
-        typer.echo(f"{report.spooled_left} frames stay in the spool for the next run", err=True)
-        raise typer.Exit(3)
 
 
 @model_app.command("train")

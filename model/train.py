@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from codec.bundle import file_sha256
-from fchm.atomic_file import write_atomically
+from infra.atomic_file import write_atomically
 from model.bottleneck import BottleneckConfig, FeatureBottleneck
 from model.detector_split import EncoderHalf, check_split, load_detector, split_stride
 from model.distillation import TrainableTail, distortion

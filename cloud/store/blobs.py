@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from fchm.atomic_file import fsync_dir, write_atomically
+from infra.atomic_file import fsync_dir, write_atomically
 
 
 class LocalBlobStore:

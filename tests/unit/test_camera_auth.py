@@ -17,7 +17,7 @@ from cloud.settings import CloudSettings
 from edge.channel import call_metadata, channel_options
 from edge.settings import EdgeSettings
 from fchm.cli import app
-from fchm.config import ConfigError, load_settings
+from infra.settings_files import ConfigError, load_settings
 
 AUTH = CameraAuth({"cam1": hash_token("s3cret"), "cam2": hash_token("other").upper()})
 

@@ -7,7 +7,7 @@ CODE = """
 import sys
 import edge.agent, edge.uplink, edge.frame_encoder, edge.sources, edge.encoder_backends
 import edge.rate_control, edge.spool
-import edge.channel, edge.metrics, fchm.logging_setup
+import edge.channel, edge.metrics, infra.logging_setup
 import edge.frame_queue, edge.tensorrt_engines, edge.cuda_memory
 import fchm.cli
 heavy = sorted(m for m in ("torch", "torchvision", "ultralytics", "fastapi", "sqlalchemy")

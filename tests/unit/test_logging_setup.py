@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fchm.logging_setup import setup_logging
+from infra.logging_setup import setup_logging
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import pytest
 
 from cloud.settings import CloudSettings
 from edge.settings import EdgeSettings
-from fchm.config import ConfigError, load_settings
+from infra.settings_files import ConfigError, load_settings
 
 
 def test_yaml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

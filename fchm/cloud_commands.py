@@ -1,0 +1,139 @@
+"""``fchm cloud``: serve, camera tokens, REST API keys."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fchm.cli_options import ConfigOpt, fail
+
+cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
+key_app = typer.Typer(
+    help="REST API keys, stored hashed in the cloud's database (cloud running or not).",
+    no_args_is_help=True,
+)
+cloud_app.add_typer(key_app, name="key")
+
+
+@cloud_app.command("serve")
+def cloud_serve(
+    config: ConfigOpt = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle directory")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC ingest port")] = None,
+    http_port: Annotated[int | None, typer.Option(help="REST API port")] = None,
+) -> None:
+    """Run gRPC ingest, the detector tail, the REST API and view workers."""
+    from cloud.server import serve
+    from cloud.settings import CloudSettings
+    from codec.bundle import BundleError
+    from infra.settings_files import ConfigError, load_settings
+
+    try:
+        settings = load_settings(
+            CloudSettings,
+            config,
+            bundle=bundle,
+            data_dir=data_dir,
+            database_url=database_url,
+            grpc_port=grpc_port,
+            http_port=http_port,
+        )
+        asyncio.run(serve(settings))
+    except (ConfigError, BundleError, OSError, ValueError) as exc:
+        # A busy grpc_port/http_port, a missing database driver: one line naming the setting.
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C while starting (once started, SIGINT stops cleanly)
+        raise typer.Exit(130) from None
+
+
+@cloud_app.command("token")
+def cloud_token(
+    camera: Annotated[str, typer.Option(help="Camera id the token is for")],
+) -> None:
+    """Print a new random token for a camera and the sha256 line for the cloud's config.
+
+    The camera keeps the token (edge `token:` or FCHM_EDGE_TOKEN); the cloud stores
+    only its hash under `camera_tokens:`. Run again to rotate a token.
+    """
+    from cloud.camera_auth import hash_token, new_token
+    from codec.wire import CAMERA_ID
+
+    if not CAMERA_ID.match(camera):
+        raise fail(f"--camera: {camera!r} must match {CAMERA_ID.pattern}")
+    token = new_token()
+    typer.echo(f"# edge config of {camera} (or FCHM_EDGE_TOKEN); keep it secret")
+    typer.echo(f"token: {token}")
+    typer.echo("# cloud config: add under camera_tokens")
+    typer.echo("camera_tokens:")
+    typer.echo(f"  {camera}: {hash_token(token)}")
+
+
+DataDirOpt = Annotated[Path | None, typer.Option(help="Data directory")]
+DatabaseUrlOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL")]
+
+
+@key_app.command("create")
+def key_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for")],
+    scope: Annotated[
+        list[str], typer.Option(help="read, view (implies read) or admin; repeatable")
+    ],
+    camera: Annotated[
+        list[str] | None, typer.Option(help="Only this camera (repeatable; default: all)")
+    ] = None,
+    expires_days: Annotated[
+        float | None, typer.Option(help="Expire after this many days (default: never)")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Create an API key; print the key (stdout, shown only now) and its id (stderr)."""
+    from cloud.key_admin import KEY_ERRORS, expiry_ns, open_key_store
+
+    try:
+        keys = open_key_store(config, data_dir, database_url)
+        record, key = keys.create(name, scope, camera or [], expiry_ns(expires_days))
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+    typer.echo(
+        f"created API key {record.id} ({record.name}; scope {', '.join(record.scopes)}; "
+        f"cameras {', '.join(record.cameras) or 'all'}); the key is shown only now:",
+        err=True,
+    )
+    typer.echo(key)
+
+
+@key_app.command("list")
+def key_list(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
+) -> None:
+    """Every API key (never the key itself): id, name, scopes, cameras, times, state."""
+    from cloud.key_admin import KEY_ERRORS, key_table, open_key_store
+
+    try:
+        typer.echo(key_table(open_key_store(config, data_dir, database_url).list()))
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (fchm cloud key list)")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Revoke a key: the next request that presents it is refused (401)."""
+    from cloud.key_admin import KEY_ERRORS, open_key_store
+
+    try:
+        record = open_key_store(config, data_dir, database_url).revoke(key_id)
+    except KEY_ERRORS as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"revoked API key {record.id} ({record.name})")
