@@ -34,8 +34,8 @@ from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
 from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
-from infra.tls import read_pem
 from fchm.v1 import ingest_pb2_grpc
+from infra.tls import read_pem
 
 log = logging.getLogger(__name__)
 
