@@ -209,17 +209,34 @@ class RunningCloud:
         self._thread.join(10)
 
 
-@pytest.fixture
-def cloud(tiny_bundle, tmp_path: Path):  # type: ignore[no-untyped-def]
+def cloud_settings(bundle, tmp_path: Path, **overrides):  # type: ignore[no-untyped-def]
+    """CloudSettings of a test cloud: the bundle, a fresh data dir, free loopback ports."""
     from cloud.settings import CloudSettings
 
-    settings = CloudSettings(
-        bundle=tiny_bundle.path,
+    return CloudSettings(
+        bundle=bundle.path,
         data_dir=tmp_path / "cloud",
         grpc_port=free_port(),
         http_port=free_port(),
         onnx_threads=1,
+        **overrides,
     )
-    running = RunningCloud(settings)
+
+
+@pytest.fixture
+def cloud(tiny_bundle, tmp_path: Path):  # type: ignore[no-untyped-def]
+    running = RunningCloud(cloud_settings(tiny_bundle, tmp_path))
     yield running
     running.stop()
+
+
+@pytest.fixture
+def root_logger_restored():  # type: ignore[no-untyped-def]
+    """The CLI's callback installs a log handler (on CliRunner's stderr): take it off after."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud.settings import CloudSettings
 from edge.agent import AgentReport, run_agent
 from edge.settings import EdgeSettings
 from fchm.demo import packaged_video
-from tests.conftest import RunningCloud, free_port
+from tests.conftest import RunningCloud, cloud_settings, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LAG_S = 1.0
@@ -41,15 +40,7 @@ quarter of capacity; 4 s is 3x below what the unthrottled backlog reaches by the
 
 @pytest.fixture
 def busy_cloud(tiny_bundle, tmp_path: Path) -> Iterator[RunningCloud]:  # type: ignore[no-untyped-def]
-    settings = CloudSettings(
-        bundle=tiny_bundle.path,
-        data_dir=tmp_path / "cloud",
-        grpc_port=free_port(),
-        http_port=free_port(),
-        onnx_threads=1,
-        ingest_workers=1,
-        max_ingest_lag_s=MAX_LAG_S,
-    )
+    settings = cloud_settings(tiny_bundle, tmp_path, ingest_workers=1, max_ingest_lag_s=MAX_LAG_S)
     running = RunningCloud(settings)
     yield running
     running.stop()

@@ -3,7 +3,6 @@ camera, a stream replaced while half-open, and a second cloud on a bound port.""
 
 from __future__ import annotations
 
-import logging
 import queue
 import random
 import re
@@ -151,16 +150,6 @@ def test_a_reconnecting_camera_replaces_its_half_open_stream(
     assert last_seen_ns(cloud, "cam-h") > after_frame
     old.close()
     new.close()
-
-
-@pytest.fixture
-def root_logger_restored() -> Iterator[None]:
-    # The CLI's callback installs a log handler on CliRunner's stderr; take it off after.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_a_second_cloud_on_a_bound_port_exits_with_the_setting_named(

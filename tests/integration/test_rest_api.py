@@ -6,10 +6,12 @@ frames were stored, filtered here in plain Python, not from the store's own quer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,17 +66,26 @@ def api(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             image = sample_images()[seq % 2]
             t = T0_NS + seq * STEP_NS
             samples.append(maker.store(store, camera, seq, t, image, level=seq))
+    with rest_client(store, tiny_bundle, root) as (client, services):
+        yield Api(client, store, services, samples)
+
+
+@contextlib.contextmanager
+def rest_client(
+    store: FrameStore, bundle: Bundle, root: Path
+) -> Iterator[tuple[TestClient, Services]]:
+    """The real REST app over ``store`` (in-process queue, no workers), with an admin key."""
     settings = CloudSettings(data_dir=root)
     metrics = CloudMetrics()
     services = Services(
         store=store,
         views=ViewQueue(store, settings, metrics),
-        bundle=tiny_bundle,
+        bundle=bundle,
         metrics=metrics,
         readiness=readiness_checks({"database": store.ping}),
     )
     with TestClient(create_app(settings, services), headers=admin_headers(store)) as client:
-        yield Api(client, store, services, samples)
+        yield client, services
 
 
 def walk(client: TestClient, path: str, **params: Any) -> list[dict[str, Any]]:

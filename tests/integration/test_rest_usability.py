@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,17 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cloud.api.app import create_app
-from cloud.api.deps import Services, readiness_checks
 from cloud.api.params import Order, encode_cursor
-from cloud.metrics import CloudMetrics
-from cloud.settings import CloudSettings
-from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
-from tests.conftest import admin_headers, sample_images
+from tests.conftest import sample_images
 from tests.integration import test_rest_api
 from tests.integration.stored_frames import STEP_NS, T0_NS, FrameMaker, open_store
-from tests.integration.test_rest_api import Api, walk
+from tests.integration.test_rest_api import Api, rest_client, walk
 
 api = test_rest_api.api  # the same module-scoped fixture: a store of 12 real frames
 
@@ -231,14 +225,9 @@ def test_docs_routes_stay_out_of_the_api_schema_and_the_root_leads_there(api: Ap
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunner]:
-    # The CLI's callback installs a log handler on CliRunner's stderr; take it off after.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root_logger_restored: None) -> CliRunner:
     monkeypatch.chdir(tmp_path)  # bundles/mine is not there: the command stops at loading it
-    yield CliRunner()
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    return CliRunner()
 
 
 @pytest.mark.parametrize(
@@ -266,16 +255,7 @@ def gate(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Itera
     first = 1_796_286_220_970_530
     for k in range(3):
         maker.store(store, "gate-1", first + k, T0_NS + k * STEP_NS, sample_images()[0], level=2)
-    settings = CloudSettings(data_dir=root)
-    metrics = CloudMetrics()
-    services = Services(
-        store=store,
-        views=ViewQueue(store, settings, metrics),
-        bundle=tiny_bundle,
-        metrics=metrics,
-        readiness=readiness_checks({"database": store.ping}),
-    )
-    with TestClient(create_app(settings, services), headers=admin_headers(store)) as client:
+    with rest_client(store, tiny_bundle, root) as (client, _services):
         yield client
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -81,16 +79,6 @@ def test_channel_options_and_metadata() -> None:
     assert options["grpc.max_reconnect_backoff_ms"] == 30_000
     assert call_metadata(settings) == (("authorization", "Bearer s3cret"),)
     assert call_metadata(EdgeSettings(**base)) == ()  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def root_logger_restored() -> Iterator[None]:
-    # The CLI's callback installs a log handler on CliRunner's stderr; take it off after.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_cli_token_prints_a_token_and_its_hash(root_logger_restored: None) -> None:
