@@ -12,17 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cloud.api.app import create_app
-from cloud.api.deps import Services, readiness_checks
-from cloud.metrics import CloudMetrics
-from cloud.settings import CloudSettings
 from cloud.store.api_keys import ApiKeyStore
 from cloud.store.frame_store import FrameStore
-from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
 from fchm.cli import app as cli
 from tests.conftest import RunningCloud, sample_images
 from tests.integration.stored_frames import STEP_NS, T0_NS, FrameMaker, open_store
+from tests.integration.test_rest_api import rest_app
 
 
 @dataclass
@@ -38,16 +34,7 @@ class Env:
 
 
 def app_for(store: FrameStore, root: Path, bundle: Bundle) -> TestClient:
-    settings = CloudSettings(data_dir=root)
-    metrics = CloudMetrics()
-    services = Services(
-        store=store,
-        views=ViewQueue(store, settings, metrics),
-        bundle=bundle,
-        metrics=metrics,
-        readiness=readiness_checks({"database": store.ping}),
-    )
-    return TestClient(create_app(settings, services))
+    return TestClient(rest_app(store, bundle, root)[0])
 
 
 @pytest.fixture(scope="module")

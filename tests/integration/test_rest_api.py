@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cloud.api.app import create_app
@@ -75,6 +76,13 @@ def rest_client(
     store: FrameStore, bundle: Bundle, root: Path
 ) -> Iterator[tuple[TestClient, Services]]:
     """The real REST app over ``store`` (in-process queue, no workers), with an admin key."""
+    app, services = rest_app(store, bundle, root)
+    with TestClient(app, headers=admin_headers(store)) as client:
+        yield client, services
+
+
+def rest_app(store: FrameStore, bundle: Bundle, root: Path) -> tuple[FastAPI, Services]:
+    """The real REST app over ``store``: an in-process view queue, no workers, no key."""
     settings = CloudSettings(data_dir=root)
     metrics = CloudMetrics()
     services = Services(
@@ -84,8 +92,7 @@ def rest_client(
         metrics=metrics,
         readiness=readiness_checks({"database": store.ping}),
     )
-    with TestClient(create_app(settings, services), headers=admin_headers(store)) as client:
-        yield client, services
+    return create_app(settings, services), services
 
 
 def walk(client: TestClient, path: str, **params: Any) -> list[dict[str, Any]]:
