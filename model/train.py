@@ -11,8 +11,11 @@ and the gains stay at reverse water-filling. Distilled on the ~30
 packaged photos, everything more overfits (README, "The learned codec"): ``learn_gains``
 also learns the per-level gains from the detector, ``nonlinear`` adds conv branches and
 trains the projections (at ``transform_lr_scale`` × lr); both are for users with far
-more data. One checkpoint file holds everything to resume: weights, optimizer, step, RNG states
-and the configuration; ``fchm model export --checkpoint`` turns it into a bundle.
+more data. Data: the corpus of ``make corpus`` (``corpus``; the CLI takes var/corpus when it
+is there) or the packaged photos, plus ``data``; the checkpoint's ``trained_on`` lists
+the corpus's packages. One checkpoint file holds everything to resume: weights,
+optimizer, step, RNG states and the configuration; ``fchm model export --checkpoint``
+turns it into a bundle.
 """
 
 from __future__ import annotations

@@ -225,6 +225,8 @@ def build_corpus(
         reports.append(
             PackageReport(source.package, source.version, len(entries), pixels, size, built)
         )
+    if (corpus / "unpacked").is_dir() and not any((corpus / "unpacked").iterdir()):
+        (corpus / "unpacked").rmdir()
     changed = write_entries(corpus / MANIFEST, everything)
     fetched = [{"package": s.package, "version": s.version, "kind": s.kind, "sha256": s.sha256}
                for s in sources]  # fmt: skip
