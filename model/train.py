@@ -11,8 +11,11 @@ and the gains stay at reverse water-filling. Distilled on the ~30
 packaged photos, everything more overfits (README, "The learned codec"): ``learn_gains``
 also learns the per-level gains from the detector, ``nonlinear`` adds conv branches and
 trains the projections (at ``transform_lr_scale`` × lr); both are for users with far
-more data. One checkpoint file holds everything to resume: weights, optimizer, step, RNG states
-and the configuration; ``fchm model export --checkpoint`` turns it into a bundle.
+more data. Data: the corpus of ``make corpus`` (``corpus``; the CLI takes var/corpus when it
+is there) or the packaged photos, plus ``data``; the checkpoint's ``trained_on`` lists
+the corpus's packages. One checkpoint file holds everything to resume: weights,
+optimizer, step, RNG states and the configuration; ``fchm model export --checkpoint``
+turns it into a bundle.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from tqdm import tqdm
 from codec.bundle import file_sha256
 from infra.atomic_file import write_atomically
 from model.bottleneck import BottleneckConfig, FeatureBottleneck
+from model.corpus.manifest import MANIFEST
 from model.detector_split import EncoderHalf, check_split, load_detector, split_stride
 from model.distillation import TrainableTail, distortion
 from model.sensitivity import patch_sensitivity
@@ -49,6 +53,9 @@ class TrainConfig:
     """Checkpoint file written (and resumed from)."""
     data: list[Path] = field(default_factory=list)
     use_packaged: bool = True
+    corpus: Path | None = None
+    """A corpus built by ``make corpus`` (var/corpus): its images train, the packaged
+    ones among them (``use_packaged``); None: the packaged images alone, plus ``data``."""
     split_layer: int = 4
     steps: int = 800
     batch: int = 8
@@ -115,6 +122,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         )
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.device}: CUDA is not available here")
+    if cfg.corpus is not None and not (cfg.corpus / MANIFEST).is_file():
+        raise FileNotFoundError(f"corpus: no manifest in {cfg.corpus}: run `make corpus`")
     if cfg.resume and not cfg.out.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {cfg.out}")
     if cfg.resume and "optimizer" not in load_checkpoint(cfg.out):
@@ -191,10 +200,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
 
     # 4. Data: augmented crops of real images; the stream's seed moves with the step so
     #    a resumed run does not replay the crops it has already seen.
-    pool = load_pool(cfg.data, cfg.use_packaged)
+    pool = load_pool(cfg.data, cfg.use_packaged, corpus=cfg.corpus)
     loader = iter(
         torch.utils.data.DataLoader(
-            CropStream(pool, cfg.crop, cfg.seed + step), batch_size=cfg.batch
+            CropStream(pool.images, cfg.crop, cfg.seed + step), batch_size=cfg.batch
         )
     )
 
@@ -258,7 +267,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainReport:
         bar.update(1)
         bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(cfg, model, optimizer, schedule, step, detector_sha, last)
+            save_checkpoint(cfg, model, optimizer, schedule, step, detector_sha, last,
+                            pool.sources)  # fmt: skip
     bar.close()
     return TrainReport(cfg.out, step, time.perf_counter() - started, last)
 
@@ -284,6 +294,7 @@ def save_checkpoint(
     step: int,
     detector_sha: str,
     metrics: dict[str, float],
+    trained_on: dict[str, Any] | None = None,
 ) -> None:
     state = {
         "version": CHECKPOINT_VERSION,
@@ -293,6 +304,7 @@ def save_checkpoint(
             for k, v in asdict(cfg).items()
         },
         "detector_sha256": detector_sha,
+        "trained_on": trained_on or {},
         "split_layer": cfg.split_layer,
         "step": step,
         "metrics": metrics,
