@@ -168,6 +168,9 @@ def test_bad_inputs_are_named(cli: CliRunner, tiny_bundle: Bundle, tmp_path: Pat
         "--images/--video": base,
         "--video": [*base, "--video", str(tmp_path / "missing.mp4")],
         "--frames": [*base, "--images", str(images), "--frames", "0"],
+        "--fps": [*base, "--images", str(images), "--fps", "0"],
+        "--clips": [*base, "--images", str(images), "--clips", "0"],
+        "--gop": [*base, "--images", str(images), "--gop", "-1"],
         "--bundle": ["model", "eval", "--bundle", str(tmp_path), *out, "--images", str(images)],
         "--plot": [*base, "--images", str(images), "--plot", str(tmp_path / "p.jpg")],
     }
