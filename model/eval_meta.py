@@ -26,7 +26,8 @@ from model.eval_pixel_codecs import VIDEO_CODECS, image_codecs, unavailable, vid
 from model.eval_signals import EvalFrame, FullDetector, VideoInfo, packaged_copies
 
 if TYPE_CHECKING:
-    from model.evaluate import EvalConfig, EvalRow
+    from model.eval_rows import EvalRow
+    from model.evaluate import EvalConfig
 
 
 def run_meta(

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from cloud.detector_tail import Detection
 from codec.bundle import Bundle, BundleError
 from model.eval_meta import run_meta
-from model.eval_metrics import bd_rate, bytes_at, coco_map
+from model.eval_metrics import bd_rate, bytes_at
 from model.eval_pixel_codecs import (
     CRFS,
     VIDEO_CODECS,
@@ -42,6 +41,7 @@ from model.eval_pixel_codecs import (
     image_codecs,
     video_codecs,
 )
+from model.eval_rows import FULL_DETECTOR, EvalRow, Tally, curve, families, score_row
 from model.eval_signals import (
     EvalFrame,
     FeaturePath,
@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 # qualities, and BD-rate only counts where the curves overlap.
 QUALITIES = (10, 30, 50, 70, 80, 90, 95, 98)
 MAP50_TARGETS = (0.5, 0.9, 0.95)
-FULL_DETECTOR = "full-detector"
 
 
 class EvalInputError(ValueError):
@@ -105,37 +104,6 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class EvalRow:
-    codec: str
-    """"fchm" | "uniform" | "jpeg" | "webp" | "avif" | "h264" | "h264-intra" | "h265" |
-    "h265-intra" | "full-detector\""""
-    setting: str
-    """"level 3", "q=50", "crf=28", ..."""
-    frame_set: str
-    """"all", or "video" for rows that only video frames can have"""
-    frames: int
-    bytes_per_frame: float | None
-    """mean bytes per frame of the whole coded signal (container headers included)"""
-    bpp: float | None
-    """bits per pixel of the frame as coded (its own size, downscaled only if larger)"""
-    map50: float | None
-    map50_95: float | None
-    map50_agnostic: float | None
-    """mAP50 with every class pooled into one (pycocotools ``useCats=0``)"""
-    map50_confident: float | None
-    """mAP50 against the confident references only (conf ≥ EvalConfig.confident), the
-    predictions at the cloud's threshold: does the cloud still store the sure objects"""
-    map50_95_confident: float | None
-    reference_boxes: int
-    """reference boxes map50 rests on"""
-    confident_reference_boxes: int
-    edge_ms_per_frame: float
-    """edge time to produce the bytes (the full detector's time on its row)"""
-    decode_ms_per_frame: float | None
-    note: str | None = None
-
-
-@dataclass(frozen=True)
 class EvalResult:
     rows: tuple[EvalRow, ...]
     bd_rate_vs_jpeg: dict[str, float | None]
@@ -151,29 +119,6 @@ class EvalResult:
             "bd_rate_details": self.bd_rate_details,
             "meta": self.meta,
         }
-
-
-@dataclass
-class _Tally:
-    """Accumulates one setting's per-frame results while frames stream through."""
-
-    codec: str
-    setting: str
-    note: str | None = None
-    ids: list[int] = field(default_factory=list)
-    nbytes: list[float] = field(default_factory=list)
-    edge_s: list[float] = field(default_factory=list)
-    decode_s: list[float] = field(default_factory=list)
-    detections: list[list[Detection]] = field(default_factory=list)
-
-    def add(
-        self, i: int, nbytes: float, edge_s: float, decode_s: float, dets: list[Detection]
-    ) -> None:
-        self.ids.append(i)
-        self.nbytes.append(nbytes)
-        self.edge_s.append(edge_s)
-        self.decode_s.append(decode_s)
-        self.detections.append(dets)
 
 
 def check_inputs(cfg: EvalConfig) -> tuple[Bundle, list[Bundle]]:
@@ -290,9 +235,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     family = _family(bundle)
     levels = _level_tallies(family, features, cfg)
     other_levels = [_level_tallies(name, other_path, cfg) for name, _, other_path in others]
-    images = {(n, q): _Tally(n, f"q={q}") for n in pixel for q in cfg.qualities}
+    images = {(n, q): Tally(n, f"q={q}") for n in pixel for q in cfg.qualities}
     self_check = "sends detections only; mAP: its low-threshold vs reference output (1.0)"
-    full = _Tally(FULL_DETECTOR, "encoder+tail", self_check)
+    full = Tally(FULL_DETECTOR, "encoder+tail", self_check)
     reference: list[list[Detection]] = []
     stage: dict[str, list[float]] = {"encoder": [], "tail": []}
     for i, frame in enumerate(tqdm(frames, desc="eval", unit="frame", disable=not cfg.progress)):
@@ -319,7 +264,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     # 4. Video clips as a camera streams them: one stream per clip, codec and CRF, the
     # same frames in the same order for every codec.
-    clips: list[_Tally] = []
+    clips: list[Tally] = []
     gop = 1
     if video is not None:
         rate = Fraction(video.fps).limit_denominator(1000)
@@ -334,7 +279,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             note = f"{codec.encoder} medium zerolatency, " + (
                 "all-intra" if codec.intra else f"keyframe every {gop} frames, no B-frames"
             )
-            tally = _Tally(name, f"crf={crf}", note)
+            tally = Tally(name, f"crf={crf}", note)
             for ids in by_clip.values():
                 stream = code_clip(codec, [frames[i].image for i in ids], rate, crf, gop)
                 n = len(ids)
@@ -347,17 +292,17 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     pixels = [f.image.shape[0] * f.image.shape[1] for f in frames]
     feature_tallies = [*levels, *(t for tallies in other_levels for t in tallies)]
     tallies = [*feature_tallies, *images.values(), *clips]
-    rows = [_row(t, reference, pixels, cfg) for t in [*tallies, full]]
+    rows = [score_row(t, reference, pixels, cfg.conf, cfg.confident) for t in [*tallies, full]]
 
     # 6. BD-rate against JPEG on the same frames, and bytes at equal mAP50.
     jpeg = [t for t in images.values() if t.codec == "jpeg"]
     bd: dict[str, float | None] = {}
     details: dict[str, dict[str, Any]] = {}
-    for name, group in _families(tallies).items():
+    for name, group in families(tallies).items():
         if name == "jpeg":
             continue
         ids = group[0].ids
-        result = bd_rate(*_curve(jpeg, reference, ids), *_curve(group, reference, ids))
+        result = bd_rate(*curve(jpeg, reference, ids), *curve(group, reference, ids))
         bd[name] = result.value
         details[name] = {
             "bd_rate": result.value,
@@ -387,70 +332,9 @@ def _levels(cfg: EvalConfig, path: FeaturePath) -> list[int]:
     return list(every) if cfg.levels is None else [lv for lv in cfg.levels if lv in every]
 
 
-def _level_tallies(family: str, path: FeaturePath, cfg: EvalConfig) -> list[_Tally]:
+def _level_tallies(family: str, path: FeaturePath, cfg: EvalConfig) -> list[Tally]:
     steps = getattr(path.codec, "steps", None)  # the uniform codec's steps, in σ
     return [
-        _Tally(family, f"level {lv}", None if steps is None else f"step {steps[lv]:.3g}σ")
+        Tally(family, f"level {lv}", None if steps is None else f"step {steps[lv]:.3g}σ")
         for lv in _levels(cfg, path)
     ]
-
-
-def _row(
-    t: _Tally, reference: list[list[Detection]], pixels: list[int], cfg: EvalConfig
-) -> EvalRow:
-    truth = [reference[i] for i in t.ids]
-    map50, map50_95 = coco_map(truth, t.detections)
-    pooled, _ = coco_map(truth, t.detections, class_agnostic=True)
-    sure = [[d for d in ds if d.score >= cfg.confident] for ds in truth]
-    stored = [[d for d in ds if d.score >= cfg.conf] for ds in t.detections]
-    c50, c50_95 = coco_map(sure, stored)
-    n = len(t.ids)
-    has_bytes = t.codec != FULL_DETECTOR
-    total = sum(t.nbytes)
-
-    def r4(v: float | None) -> float | None:
-        return None if v is None else round(v, 4)
-
-    return EvalRow(
-        codec=t.codec,
-        setting=t.setting,
-        frame_set="all" if n == len(reference) else "video",
-        frames=n,
-        bytes_per_frame=round(total / n, 1) if has_bytes else None,
-        bpp=round(8 * total / sum(pixels[i] for i in t.ids), 4) if has_bytes else None,
-        map50=r4(map50),
-        map50_95=r4(map50_95),
-        map50_agnostic=r4(pooled),
-        map50_confident=r4(c50),
-        map50_95_confident=r4(c50_95),
-        reference_boxes=sum(len(ds) for ds in truth),
-        confident_reference_boxes=sum(len(ds) for ds in sure),
-        edge_ms_per_frame=round(1e3 * sum(t.edge_s) / n, 2),
-        decode_ms_per_frame=round(1e3 * sum(t.decode_s) / n, 2) if has_bytes else None,
-        note=t.note,
-    )
-
-
-def _families(tallies: list[_Tally]) -> dict[str, list[_Tally]]:
-    out: dict[str, list[_Tally]] = {}
-    for t in tallies:
-        out.setdefault(t.codec, []).append(t)
-    return out
-
-
-def _curve(
-    tallies: list[_Tally], reference: list[list[Detection]], ids: list[int]
-) -> tuple[list[float], list[float]]:
-    """(bytes/frame, mAP50) per setting, scored on frames ``ids`` only: a clip codec
-    that sees only the video frames is compared with JPEG on those same frames."""
-    rates, quality = [], []
-    for t in tallies:
-        pos = {i: k for k, i in enumerate(t.ids)}
-        if not all(i in pos for i in ids):
-            continue
-        map50, _ = coco_map([reference[i] for i in ids], [t.detections[pos[i]] for i in ids])
-        nbytes = float(np.mean([t.nbytes[pos[i]] for i in ids]))
-        if map50 is not None and nbytes > 0:
-            rates.append(nbytes)
-            quality.append(map50)
-    return rates, quality
