@@ -83,7 +83,7 @@ lint: setup ## ruff + mypy
 	$(VENV)/bin/mypy
 
 bench: setup bundle $(UNIFORM)/manifest.json ## Benchmarks; tables go to bench/results/
-	$(PY) bench/rate_vs_jpeg.py --bundle $(BUNDLE) --compare $(UNIFORM) --shipped $(CHECKPOINT) --out bench/results
+	$(PY) bench/rate_vs_codecs.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/link_recovery.py --bundle $(BUNDLE) --out bench/results

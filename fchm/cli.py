@@ -279,8 +279,13 @@ def model_eval(
     images: Annotated[
         Path | None, typer.Option(help="Folder of evaluation images (not the fitting images)")
     ] = None,
-    video: Annotated[Path | None, typer.Option(help="Evaluation video (adds H.264 rows)")] = None,
-    frames: Annotated[int, typer.Option(help="Frames sampled evenly from --video")] = 40,
+    video: Annotated[
+        Path | None, typer.Option(help="Evaluation video (adds H.264/H.265 rows)")
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Camera rate: --video thinned to it")] = 5.0,
+    frames: Annotated[int, typer.Option(help="Consecutive frames per clip of --video")] = 60,
+    clips: Annotated[int, typer.Option(help="Clips spread over --video")] = 1,
+    gop: Annotated[float, typer.Option(help="Keyframe interval (s) of inter video")] = 10.0,
     plot: Annotated[Path | None, typer.Option(help="Rate–fidelity plot, .png")] = None,
     compare: Annotated[
         list[Path] | None,
@@ -294,7 +299,7 @@ def model_eval(
         ),
     ] = None,
 ) -> None:
-    """Bytes vs detection fidelity of the bundle's codec, JPEG, WebP and H.264, same frames."""
+    """Bytes vs detection fidelity: the bundle's codec, JPEG/WebP/AVIF, H.264/H.265, same frames."""
     from model.eval_report import markdown, write_json
     from model.eval_report import plot as write_plot
     from model.evaluate import EvalConfig, EvalInputError, evaluate
@@ -307,7 +312,10 @@ def model_eval(
                 bundle=bundle,
                 images=images,
                 video=video,
+                fps=fps,
                 frames=frames,
+                clips=clips,
+                gop_seconds=gop,
                 compare=tuple(compare or ()),
                 weights=weights,
             )

@@ -159,3 +159,30 @@ def bd_rate(
 def cheapest_at(rows: Sequence[tuple[float, float | None]], target: float) -> float | None:
     """Fewest bytes among (bytes, fidelity) settings reaching ``target`` (no interpolation)."""
     return min((b for b, q in rows if q is not None and q >= target), default=None)
+
+
+@dataclass(frozen=True)
+class BytesAt:
+    """Bytes per frame a codec needs to reach a fidelity, read off its envelope."""
+
+    bytes_per_frame: float | None
+    """None: no setting of the sweep reaches the target"""
+    bound: bool
+    """True when even the cheapest setting exceeds the target: the figure is an upper
+    bound (the codec might need fewer bytes than its sweep tried)"""
+
+
+def bytes_at(rows: Sequence[tuple[float, float | None]], target: float) -> BytesAt:
+    """Bytes at fidelity ``target``: ln(bytes) interpolated linearly between the two
+    envelope points that bracket it (no extrapolation past either end)."""
+    points = [(b, q) for b, q in rows if q is not None and b > 0]
+    if not points:
+        return BytesAt(None, False)
+    r, q = rate_fidelity_envelope([b for b, _ in points], [q for _, q in points])
+    if q[-1] < target:
+        return BytesAt(None, False)
+    if q[0] >= target:
+        return BytesAt(float(r[0]), True)
+    k = int(np.searchsorted(q, target))  # q[k-1] < target <= q[k]
+    frac = (target - q[k - 1]) / (q[k] - q[k - 1])
+    return BytesAt(float(np.exp(np.log(r[k - 1]) + frac * np.log(r[k] / r[k - 1]))), False)

@@ -14,7 +14,8 @@ from pathlib import Path
 from model.evaluate import FULL_DETECTOR, EvalResult
 
 COLUMNS = ("codec", "setting", "frames", "bytes_per_frame", "bpp", "map50", "map50_95",
-           "map50_agnostic", "edge_ms_per_frame", "decode_ms_per_frame")  # fmt: skip
+           "map50_confident", "map50_95_confident", "reference_boxes",
+           "confident_reference_boxes", "edge_ms_per_frame", "decode_ms_per_frame")  # fmt: skip
 
 
 def write_json(result: EvalResult, path: Path) -> None:
@@ -29,6 +30,14 @@ def _cell(v: object) -> str:
     if isinstance(v, float) and v >= 1000:
         return f"{v:,.1f}"
     return str(v)
+
+
+def bytes_cell(v: dict[str, object]) -> str:
+    """One ``bytes_at`` entry: '12,345', '≤ 900' (upper bound) or '–' (never reached)."""
+    n = v["bytes_per_frame"]
+    if not isinstance(n, float | int):
+        return "–"
+    return ("≤ " if v["bound"] else "") + f"{n:,.0f}"
 
 
 def _percent(v: float | None) -> str:
@@ -51,28 +60,32 @@ def markdown(result: EvalResult) -> str:
     meta = result.meta
     equal = meta["bytes_at_equal_map50"]
     families = list(next(iter(equal.values())))
-    lines += ["", "Fewest bytes/frame reaching a mAP50 (a setting of the sweep, no interpolation):"]
-    lines += ["", "| mAP50 ≥ | " + " | ".join(families) + " |"]
+    lines += ["", "Bytes/frame at equal fidelity (interpolated on each codec's envelope; "
+              "≤: its cheapest setting already reaches it; –: never reaches it):"]  # fmt: skip
+    lines += ["", "| target | " + " | ".join(families) + " |"]
     lines += ["|" + "---|" * (len(families) + 1)]
-    lines += [
-        f"| {t} | " + " | ".join(_cell(v[f]) for f in families) + " |" for t, v in equal.items()
-    ]
+    lines += [f"| {t} | " + " | ".join(bytes_cell(v[f]) for f in families) + " |"
+              for t, v in equal.items()]  # fmt: skip
     t = meta["timing_ms_per_frame"]
     video = meta["video"]
     source = [f"{meta['image_frames']} images from {meta['images']}"] if meta["images"] else []
     if video:
         source.append(
-            f"{len(video['sampled_indices'])} frames of {Path(video['path']).name} "
-            f"({video['size'][0]}x{video['size'][1]}, {video['total_frames']} frames)"
+            f"{len(video['clips'])} clip(s) of {video['frames_per_clip']} consecutive frames "
+            f"at {video['fps']} fps from {Path(video['path']).name} ({video['size'][0]}x"
+            f"{video['size'][1]}, {video['total_frames']} frames at {video['source_fps']} fps)"
         )
     lines += [
         "",
-        f"{' + '.join(source)}, resized to {', '.join(meta['resized_sizes'])}; "
+        f"{' + '.join(source)}, coded at {', '.join(meta['coded_sizes'])} (never upscaled); "
         f"{meta['reference_detections']} reference detections (conf ≥ {meta['reference_conf']}),"
-        f" {meta['frames_without_reference_detections']} frames without any.",
+        f" {meta['confident_reference_detections']} confident (≥ {meta['confident_conf']}), "
+        f"{meta['frames_without_reference_detections']} frames without any.",
+        f"Video baselines: {meta['video_options']}; GOP {meta['video_gop_frames']} frames. "
+        f"Left out: {meta['baselines_unavailable'] or 'none'}.",
         f"Edge ms/frame: encoder {t['encoder']}, tail {t['tail']}, full detector "
         f"{t['full_detector_on_edge']}. edge_ms = encoder + quantize + entropy-code + container "
-        "(feature codec) or image/clip encode (JPEG/WebP/H.264); decode_ms = cloud-side decode.",
+        "(feature codec) or image/stream encode (pixel codecs); decode_ms = cloud-side decode.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,12 +1,13 @@
 """What ``fchm model eval`` feeds the detector: frames in, coded signals out.
 
     --images DIR ─► imread ─┐
-    --video FILE ─► N frames ┴─► resize (long side = input_size) ─► EvalFrame
-    EvalFrame ─► FullDetector (encoder ─► tail) ─► reference detections + timing
+    --video FILE ─► thin to --fps by timestamps ─► --clips runs of --frames consecutive
+                            ┴─► downscale only if the long side > input_size ─► EvalFrame
+    EvalFrame ─► FullDetector (letterbox ─► encoder ─► tail) ─► reference detections
              ─► encoder ─► FeatureCodec.compress(level) ─► FrameBitstream ─► bytes
                  bytes ─► FrameDecoder ─► tail                                  (fchm/uniform)
-             ─► cv2.imencode(JPEG|WebP, q) ─► bytes ─► imdecode ─► FullDetector  (jpeg/webp)
-    video frames ─► PyAV encoder (one clip per setting) ─► packets ─► decoder ─► FullDetector
+    pixel codecs (model/eval_pixel_codecs.py) code the EvalFrame at its own size; the cloud
+    decodes, then letterboxes for the detector, as a user's cloud would.
 
 The feature path is the deployed one (the edge's encoder backend and container, the
 cloud's FrameDecoder and DetectorTail), so any bundle's codec is judged as it runs.
@@ -21,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -39,36 +39,119 @@ from model.sample_images import folder_image_paths
 
 log = logging.getLogger(__name__)
 
-IMAGE_CODECS = {
-    "jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY),
-    "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY),
-}
-
 
 @dataclass(frozen=True)
 class EvalFrame:
     image: np.ndarray
-    """BGR uint8, resized so its long side is the bundle's input size"""
+    """BGR uint8 at its own size, downscaled (never upscaled) to fit the input size"""
     source: str
     """"images" or "video\""""
     name: str
-    """file name, or video name and frame index"""
+    """file name, or video name and source frame index"""
+    clip: int | None = None
+    """which clip of the video (None for images)"""
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
     size: tuple[int, int]
-    """(width, height) before resizing"""
+    """(width, height) as decoded"""
     total_frames: int
+    source_fps: float
     fps: float
-    indices: tuple[int, ...]
+    """the evaluated rate: --fps, or the source's own when it is lower"""
+    clips: tuple[tuple[int, ...], ...]
+    """source frame indices of each clip, consecutive at ``fps``"""
 
 
 def clock() -> Callable[[], float]:
     """Start a stopwatch; calling the result gives the seconds since."""
     start = time.perf_counter()
     return lambda: time.perf_counter() - start
+
+
+def fit_down(image: np.ndarray, size: int, pad_multiple: int) -> np.ndarray:
+    """Downscale as the edge's letterbox does (same rounding, same filter) when the long
+    side exceeds ``size``; a smaller frame is returned as it is, never upscaled: a camera
+    would code it at its own resolution."""
+    h, w = image.shape[:2]
+    if max(h, w) <= size:
+        return image
+    new = Letterbox.fit((w, h), size, pad_multiple).resized_size
+    return cv2.resize(image, new, interpolation=cv2.INTER_LINEAR)
+
+
+def load_images(folder: Path, size: int, pad_multiple: int) -> list[EvalFrame]:
+    frames = []
+    for path in folder_image_paths(folder):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey files become 3-channel
+        if image is None:
+            raise ValueError(f"cannot read image {path}")
+        frames.append(EvalFrame(fit_down(image, size, pad_multiple), "images", path.name))
+    return frames
+
+
+def thin(times: list[float], fps: float) -> list[int]:
+    """Indices of the frames a camera at ``fps`` would send: the first frame at or after
+    each tick of 1/fps on the source's own timestamps (all of them when it is slower)."""
+    kept: list[int] = []
+    tick = None
+    for i, t in enumerate(times):
+        if tick is None or t >= tick - 1e-6:
+            kept.append(i)
+            late = tick is not None and t > tick + 1.0 / fps  # after a gap in the source
+            tick = (t if tick is None or late else tick) + 1.0 / fps
+    return kept
+
+
+def clip_starts(available: int, frames: int, clips: int) -> list[int]:
+    """Where up to ``clips`` disjoint runs of ``frames`` start, spread evenly (one run of
+    everything when the video is shorter)."""
+    if available <= frames:
+        return [0]
+    starts: list[int] = []
+    for s in np.linspace(0, available - frames, clips).round():
+        if not starts or s >= starts[-1] + frames:  # clips never share a frame
+            starts.append(int(s))
+    return starts
+
+
+def video_clips(
+    path: Path, fps: float, frames: int, clips: int, size: int, pad_multiple: int
+) -> tuple[list[EvalFrame], VideoInfo]:
+    """``clips`` runs of ``frames`` consecutive frames at ``fps``, thinned from the source
+    by its own timestamps (two passes: containers do not always know their frame count)."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            source_fps = float(stream.average_rate or 0) or 25.0
+            times = [
+                float(f.time) if f.time is not None else i / source_fps
+                for i, f in enumerate(container.decode(video=0))
+            ]
+    except (av.FFmpegError, IndexError) as exc:
+        raise ValueError(f"cannot read video {path}: {exc}") from exc
+    if not times:
+        raise ValueError(f"video {path} has no frames")
+    kept = thin(times, fps)
+    runs = [kept[s : s + frames] for s in clip_starts(len(kept), frames, clips)]
+    wanted = {i: c for c, run in enumerate(runs) for i in run}
+    out: list[EvalFrame] = []
+    size_wh = (0, 0)
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                image = frame.to_ndarray(format="bgr24")
+                size_wh = (image.shape[1], image.shape[0])
+                resized = fit_down(image, size, pad_multiple)
+                out.append(EvalFrame(resized, "video", f"{path.name}#{i}", wanted[i]))
+    out.sort(key=lambda f: (f.clip, int(f.name.rsplit("#", 1)[1])))
+    span = (times[kept[-1]] - times[kept[0]]) / max(len(kept) - 1, 1) if len(kept) > 1 else 0
+    rate = min(fps, 1 / span) if span else fps
+    info = VideoInfo(path, size_wh, len(times), source_fps, round(rate, 3),
+                     tuple(tuple(r) for r in runs))  # fmt: skip
+    return out, info
 
 
 def resize_long_side(image: np.ndarray, size: int, pad_multiple: int) -> np.ndarray:
@@ -83,21 +166,12 @@ def resize_long_side(image: np.ndarray, size: int, pad_multiple: int) -> np.ndar
     return cv2.resize(image, new, interpolation=cv2.INTER_LINEAR)
 
 
-def load_images(folder: Path, size: int, pad_multiple: int) -> list[EvalFrame]:
-    frames = []
-    for path in folder_image_paths(folder):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey files become 3-channel
-        if image is None:
-            raise ValueError(f"cannot read image {path}")
-        frames.append(EvalFrame(resize_long_side(image, size, pad_multiple), "images", path.name))
-    return frames
-
-
 def sample_video(
     path: Path, count: int, size: int, pad_multiple: int
 ) -> tuple[list[EvalFrame], VideoInfo]:
-    """``count`` frames sampled evenly across the whole video (two decoding passes:
-    containers do not always know their frame count)."""
+    """``count`` frames sampled evenly across the whole video, each resized to the input
+    size: for benches that judge feature codecs only (roi_oracle, transform_metric);
+    ``video_clips`` is what eval uses. Two passes, as there."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -118,7 +192,7 @@ def sample_video(
                 size_wh = (image.shape[1], image.shape[0])
                 resized = resize_long_side(image, size, pad_multiple)
                 frames.append(EvalFrame(resized, "video", f"{path.name}#{i}"))
-    return frames, VideoInfo(path, size_wh, total, fps, tuple(wanted))
+    return frames, VideoInfo(path, size_wh, total, fps, fps, (tuple(wanted),))
 
 
 def packaged_copies(folder: Path | None) -> list[str]:
@@ -254,140 +328,3 @@ class FeaturePath:
         if decoded.geometry != edge.geometry:
             raise RuntimeError(f"cloud geometry {decoded.geometry} != edge's {edge.geometry}")
         return Coded(len(data), t_code, t_dec, self.scorer(decoded.features, edge.geometry))
-
-
-@dataclass(frozen=True)
-class ImageCoded:
-    nbytes: int
-    encode_s: float
-    decode_s: float
-    image: np.ndarray
-
-
-def code_image(codec: str, image: np.ndarray, quality: int) -> ImageCoded:
-    ext, flag = IMAGE_CODECS[codec]
-    lap = clock()
-    ok, buf = cv2.imencode(ext, image, [flag, quality])
-    t_enc = lap()
-    if not ok:
-        raise RuntimeError(f"OpenCV cannot encode {codec} (built without it?)")
-    lap = clock()
-    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    t_dec = lap()
-    if decoded is None:
-        raise RuntimeError(f"OpenCV cannot decode its own {codec} output")
-    return ImageCoded(int(buf.size), t_enc, t_dec, decoded)
-
-
-@dataclass(frozen=True)
-class VideoEncoder:
-    """The PyAV encoder the video baseline uses, and how its sweep is set."""
-
-    name: str
-    """FFmpeg encoder name (libx264, h264_nvenc, mpeg4, ...)"""
-    family: str
-    """row codec: "h264", or "mpeg4" when no H.264 encoder works"""
-    decoder: str
-    mode: str
-    """"crf" (libx264's constant rate factor) or "bitrate" (target bytes per frame)"""
-    note: str
-
-
-CRFS = (18, 23, 28, 33, 38, 43, 48)
-TARGET_BYTES = (1000, 2000, 4000, 8000, 16000, 32000)
-
-
-def _works(name: str) -> bool:
-    try:
-        ctx = _encoder_context(name, 64, 64, Fraction(1), {})
-        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24")
-        frame.pts = 0
-        return bool(list(ctx.encode(frame)) + list(ctx.encode(None)))
-    except (av.FFmpegError, ValueError, OSError) as exc:  # listed but no device/library
-        log.debug("video encoder %s unusable: %s", name, exc)
-        return False
-
-
-def pick_video_encoder() -> VideoEncoder:
-    """libx264 (CRF sweep), else any working H.264 encoder, else MPEG-4 part 2.
-
-    FFmpeg builds differ (libx264 is GPL and absent from some), so the baseline says
-    which encoder produced its numbers.
-    """
-    if _works("libx264"):
-        return VideoEncoder(
-            "libx264", "h264", "h264", "crf", "libx264 preset medium, B-frames, one clip"
-        )
-    others = sorted(c for c in av.codecs_available if "264" in c and c != "libx264rgb")
-    for name in others:
-        if _works(name):
-            return VideoEncoder(name, "h264", "h264", "bitrate", f"{name} (no libx264), one clip")
-    return VideoEncoder(
-        "mpeg4", "mpeg4", "mpeg4", "bitrate",
-        "MPEG-4 part 2: this FFmpeg has no working H.264 encoder, so no h264 rows",
-    )  # fmt: skip
-
-
-def video_settings(encoder: VideoEncoder) -> list[tuple[str, dict[str, str], int]]:
-    """(setting label, encoder options, target bytes per frame or 0) per sweep point."""
-    if encoder.mode == "crf":
-        return [(f"crf={c}", {"crf": str(c)}, 0) for c in CRFS]
-    return [(f"target={b} B/frame", {}, b) for b in TARGET_BYTES]
-
-
-def _encoder_context(
-    name: str, width: int, height: int, rate: Fraction, options: dict[str, str], bit_rate: int = 0
-) -> av.VideoCodecContext:
-    ctx = av.CodecContext.create(name, "w")
-    assert isinstance(ctx, av.VideoCodecContext)
-    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
-    ctx.framerate, ctx.time_base = rate, 1 / rate
-    if bit_rate:
-        ctx.bit_rate = bit_rate
-    ctx.options = options
-    return ctx
-
-
-@dataclass(frozen=True)
-class ClipCoded:
-    nbytes: int
-    """whole elementary stream, parameter sets included"""
-    encode_s: float
-    decode_s: float
-    images: list[np.ndarray]
-
-
-def code_clip(
-    encoder: VideoEncoder,
-    images: list[np.ndarray],
-    rate: Fraction,
-    setting: tuple[str, dict[str, str], int],
-) -> ClipCoded:
-    """Encode the frames as one clip, decode it back; frames keep their order and size."""
-    h, w = images[0].shape[:2]
-    # 4:2:0 needs even sides: replicate the last row/column, crop it off after decoding.
-    ew, eh = w + w % 2, h + h % 2
-    _, options, target = setting
-    ctx = _encoder_context(encoder.name, ew, eh, rate, options, int(target * 8 * rate))
-    packets: list[av.Packet] = []
-    lap = clock()
-    for i, image in enumerate(images):
-        padded = cv2.copyMakeBorder(image, 0, eh - h, 0, ew - w, cv2.BORDER_REPLICATE)
-        frame = av.VideoFrame.from_ndarray(np.asarray(padded, np.uint8), format="bgr24")
-        frame.pts = i
-        packets += ctx.encode(frame)
-    packets += ctx.encode(None)
-    t_enc = lap()
-    decoder = av.CodecContext.create(encoder.decoder, "r")
-    assert isinstance(decoder, av.VideoCodecContext)
-    lap = clock()
-    decoded: list[av.VideoFrame] = []
-    for packet in packets:
-        decoded += decoder.decode(packet)
-    decoded += decoder.decode(None)
-    decoded.sort(key=lambda f: f.pts or 0)
-    out = [f.to_ndarray(format="bgr24")[:h, :w] for f in decoded]
-    t_dec = lap()
-    if len(out) != len(images):
-        raise RuntimeError(f"{encoder.name}: {len(images)} frames in, {len(out)} decoded")
-    return ClipCoded(sum(p.size for p in packets), t_enc, t_dec, out)

@@ -1,7 +1,7 @@
 """``fchm model eval`` end to end: tiny real bundle, real images, frames of a real video.
 
-bus.jpg, zidane.jpg ─┐
-demo.mp4 (3 frames) ─┴─► python -m fchm model eval ─► OUT.json (rows, BD-rates, meta)
+bus.jpg, zidane.jpg ──────────────────┐
+demo.mp4 (3 consecutive frames, 5 fps) ┴─► python -m fchm model eval ─► OUT.json (rows, meta)
                                                    └► OUT.png (rate–fidelity plot)
 """
 
@@ -20,12 +20,13 @@ import pytest
 from typer.testing import CliRunner
 
 from codec.bundle import Bundle
-from model.eval_signals import CRFS
+from model.eval_pixel_codecs import CRFS, image_codecs, video_codecs
 from model.evaluate import QUALITIES
 from tests.conftest import sample_images
 
 ROW_KEYS = {"codec", "setting", "bytes_per_frame", "bpp", "map50", "map50_95",
-            "map50_agnostic", "edge_ms_per_frame", "decode_ms_per_frame"}  # fmt: skip
+            "map50_agnostic", "map50_confident", "map50_95_confident", "reference_boxes",
+            "confident_reference_boxes", "edge_ms_per_frame", "decode_ms_per_frame"}  # fmt: skip
 
 
 def demo_video() -> Path:
@@ -46,7 +47,7 @@ def eval_run(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> t
         shutil.copy(path, images / path.name)
     cmd = [
         sys.executable, "-m", "fchm", "model", "eval", "--bundle", str(tiny_bundle.path),
-        "--images", str(images), "--video", str(demo_video()), "--frames", "3",
+        "--images", str(images), "--video", str(demo_video()), "--frames", "3", "--fps", "5",
         "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"),
     ]  # fmt: skip
     env = {**os.environ, "YOLO_OFFLINE": "1"}
@@ -72,12 +73,26 @@ def test_rows_cover_every_codec_setting_with_the_required_fields(
         by_codec.setdefault(row["codec"], []).append(row)
     levels = tiny_bundle.manifest.num_levels
     assert [r["setting"] for r in by_codec["uniform"]] == [f"level {i}" for i in range(levels)]
-    assert [r["setting"] for r in by_codec["jpeg"]] == [f"q={q}" for q in QUALITIES]
-    assert [r["setting"] for r in by_codec["webp"]] == [f"q={q}" for q in QUALITIES]
-    assert [r["setting"] for r in by_codec["h264"]] == [f"crf={c}" for c in CRFS]
-    # 2 images + 3 video frames; H.264 codes only the video frames, as one clip.
+    for codec in image_codecs():
+        assert [r["setting"] for r in by_codec[codec]] == [f"q={q}" for q in QUALITIES]
+    assert set(video_codecs()) >= {"h264", "h264-intra"}
+    for codec in video_codecs():
+        assert [r["setting"] for r in by_codec[codec]] == [f"crf={c}" for c in CRFS]
+    # 2 images + 3 video frames; the video codecs code only the clip, as one stream.
     assert {r["frames"] for r in by_codec["uniform"] + by_codec["jpeg"]} == {5}
     assert {(r["frames"], r["frame_set"]) for r in by_codec["h264"]} == {(3, "video")}
+    # Every figure says how many reference boxes it rests on; confident ones are a subset.
+    meta = result["meta"]
+    for row in rows:
+        n = meta["reference_detections"] if row["frames"] == 5 else row["reference_boxes"]
+        assert row["reference_boxes"] == n
+        assert row["confident_reference_boxes"] <= row["reference_boxes"]
+    assert (
+        by_codec["jpeg"][0]["confident_reference_boxes"] == meta["confident_reference_detections"]
+    )
+    # On the same frames all-intra costs more than inter prediction at the same CRF.
+    for inter, intra in zip(by_codec["h264"], by_codec["h264-intra"], strict=True):
+        assert inter["bytes_per_frame"] < intra["bytes_per_frame"]
     # Coarser settings cost fewer bytes; every coded signal has bytes and timings.
     uniform_bytes = [r["bytes_per_frame"] for r in by_codec["uniform"]]
     assert uniform_bytes == sorted(uniform_bytes)
@@ -96,7 +111,9 @@ def test_rows_cover_every_codec_setting_with_the_required_fields(
 
 def test_bd_rates_and_meta(eval_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
     result, _ = eval_run
-    assert set(result["bd_rate_vs_jpeg"]) == {"uniform", "webp", "h264"}
+    assert set(result["bd_rate_vs_jpeg"]) == {"uniform", *image_codecs(), *video_codecs()} - {
+        "jpeg"
+    }
     for name, value in result["bd_rate_vs_jpeg"].items():
         detail = result["bd_rate_details"][name]
         assert detail["bd_rate"] == value
@@ -105,8 +122,18 @@ def test_bd_rates_and_meta(eval_run: tuple[dict, Path]) -> None:  # type: ignore
     meta = result["meta"]
     assert meta["frames"] == 5 and meta["image_frames"] == 2
     assert meta["reference_detections"] > 0  # so the mAP columns were really computed
-    assert len(meta["video"]["sampled_indices"]) == 3
-    assert meta["video_encoder"]["name"] == "libx264"
+    video = meta["video"]
+    assert (video["fps"], video["source_fps"], video["frames_per_clip"]) == (5.0, 24.0, 3)
+    (clip,) = video["clips"]
+    assert len(clip) == 3 and clip == sorted(clip)
+    assert meta["video_gop_frames"] == 50  # 10 s at 5 fps
+    assert "176x144" in meta["coded_sizes"]  # the video is coded at its own size
+    equal = meta["bytes_at_equal_map50"]
+    assert set(equal) == {f"{m}>={t}" for m in ("map50", "map50_confident")
+                          for t in (0.5, 0.9, 0.95)}  # fmt: skip
+    for by_codec in equal.values():
+        for v in by_codec.values():
+            assert set(v) == {"bytes_per_frame", "bound"}
     # bus.jpg and zidane.jpg ship with ultralytics: the default export fits on them.
     assert sorted(meta["eval_images_in_packaged_fit_set"]) == ["bus.jpg", "zidane.jpg"]
 
@@ -141,6 +168,9 @@ def test_bad_inputs_are_named(cli: CliRunner, tiny_bundle: Bundle, tmp_path: Pat
         "--images/--video": base,
         "--video": [*base, "--video", str(tmp_path / "missing.mp4")],
         "--frames": [*base, "--images", str(images), "--frames", "0"],
+        "--fps": [*base, "--images", str(images), "--fps", "0"],
+        "--clips": [*base, "--images", str(images), "--clips", "0"],
+        "--gop": [*base, "--images", str(images), "--gop", "-1"],
         "--bundle": ["model", "eval", "--bundle", str(tmp_path), *out, "--images", str(images)],
         "--plot": [*base, "--images", str(images), "--plot", str(tmp_path / "p.jpg")],
     }

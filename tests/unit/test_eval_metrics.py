@@ -75,3 +75,14 @@ def test_class_agnostic_map_pools_classes_and_ignores_labels() -> None:
     relabelled = [[*person, Detection(0, "person", 0.8, fall.box)]]
     assert coco_map(reference, relabelled, class_agnostic=True) == (1.0, 1.0)
     assert coco_map(reference, relabelled)[0] == 0.5
+
+
+def test_bytes_at_interpolates_on_the_envelope_and_flags_bounds() -> None:
+    from model.eval_metrics import bytes_at
+
+    rows = [(1000.0, 0.5), (4000.0, 0.9), (3000.0, 0.4), (16000.0, 1.0)]  # 3000 B: dominated
+    mid = bytes_at(rows, 0.95)
+    assert mid.bytes_per_frame == pytest.approx(8000.0) and not mid.bound  # geometric mean
+    assert bytes_at(rows, 0.3).bytes_per_frame == 1000.0 and bytes_at(rows, 0.3).bound
+    assert bytes_at(rows, 1.01).bytes_per_frame is None
+    assert bytes_at([(10.0, None)], 0.5).bytes_per_frame is None
