@@ -83,6 +83,7 @@ lint: setup ## ruff + mypy
 	$(VENV)/bin/mypy
 
 bench: setup bundle $(UNIFORM)/manifest.json ## Benchmarks; tables go to bench/results/
+	$(PY) bench/dev_sets.py  # fetches the dev sets once (opencv-doc) into var/devsets
 	$(PY) bench/rate_vs_codecs.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
