@@ -156,11 +156,6 @@ def bd_rate(
     return BdRate(float(np.expm1(mean_log_ratio)), (float(lo), float(hi)))
 
 
-def cheapest_at(rows: Sequence[tuple[float, float | None]], target: float) -> float | None:
-    """Fewest bytes among (bytes, fidelity) settings reaching ``target`` (no interpolation)."""
-    return min((b for b, q in rows if q is not None and q >= target), default=None)
-
-
 @dataclass(frozen=True)
 class BytesAt:
     """Bytes per frame a codec needs to reach a fidelity, read off its envelope."""

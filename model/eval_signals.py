@@ -1,7 +1,7 @@
 """What ``fchm model eval`` feeds the detector: frames in, coded signals out.
 
     --images DIR ─► imread ─┐
-    --video FILE ─► thin to --fps by timestamps ─► --clips runs of --frames consecutive
+    --video FILE ─► thinned to --fps as the edge thins it ─► --clips runs of --frames consecutive
                             ┴─► downscale only if the long side > input_size ─► EvalFrame
     EvalFrame ─► FullDetector (letterbox ─► encoder ─► tail) ─► reference detections
              ─► encoder ─► FeatureCodec.compress(level) ─► FrameBitstream ─► bytes
@@ -20,7 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from codec.bundle import Bundle
 from codec.geometry import Letterbox
 from edge.encoder_backends import open_backend
 from edge.preprocess import letterbox
+from edge.sources import CapturedFrame, SourceError, SourceStats, open_source
 from model.sample_images import folder_image_paths
 
 log = logging.getLogger(__name__)
@@ -92,19 +93,6 @@ def load_images(folder: Path, size: int, pad_multiple: int) -> list[EvalFrame]:
     return frames
 
 
-def thin(times: list[float], fps: float) -> list[int]:
-    """Indices of the frames a camera at ``fps`` would send: the first frame at or after
-    each tick of 1/fps on the source's own timestamps (all of them when it is slower)."""
-    kept: list[int] = []
-    tick = None
-    for i, t in enumerate(times):
-        if tick is None or t >= tick - 1e-6:
-            kept.append(i)
-            late = tick is not None and t > tick + 1.0 / fps  # after a gap in the source
-            tick = (t if tick is None or late else tick) + 1.0 / fps
-    return kept
-
-
 def clip_starts(available: int, frames: int, clips: int) -> list[int]:
     """Where up to ``clips`` disjoint runs of ``frames`` start, spread evenly (one run of
     everything when the video is shorter)."""
@@ -117,39 +105,55 @@ def clip_starts(available: int, frames: int, clips: int) -> list[int]:
     return starts
 
 
+def _source_fps(path: Path) -> float:
+    try:
+        with av.open(str(path)) as container:
+            return float(container.streams.video[0].average_rate or 0) or 25.0
+    except (av.FFmpegError, IndexError) as exc:
+        raise ValueError(f"cannot read video {path}: {exc}") from exc
+
+
+def _decoded(path: Path, fps: float | None, stats: SourceStats) -> Iterator[CapturedFrame]:
+    """The file as the edge reads it, thinned to ``fps`` by its own timestamps exactly as
+    ``fchm edge run --max-fps`` thins it (edge/sources.py ``thinned``)."""
+    try:
+        yield from open_source(str(path), max_fps=fps, reconnect=False, stats=stats)
+    except SourceError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def video_clips(
     path: Path, fps: float, frames: int, clips: int, size: int, pad_multiple: int
 ) -> tuple[list[EvalFrame], VideoInfo]:
-    """``clips`` runs of ``frames`` consecutive frames at ``fps``, thinned from the source
-    by its own timestamps (two passes: containers do not always know their frame count)."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            source_fps = float(stream.average_rate or 0) or 25.0
-            times = [
-                float(f.time) if f.time is not None else i / source_fps
-                for i, f in enumerate(container.decode(video=0))
-            ]
-    except (av.FFmpegError, IndexError) as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from exc
-    if not times:
+    """``clips`` runs of ``frames`` consecutive frames as a camera at ``fps`` sends them.
+
+    Two passes: the first finds which frames the camera keeps (containers do not always
+    know their frame count), the second decodes only the clips' frames into memory."""
+    source_fps = _source_fps(path)
+    stats = SourceStats()
+    kept = [(f.index, f.media_time_s) for f in _decoded(path, fps, stats)]
+    if not kept:
         raise ValueError(f"video {path} has no frames")
-    kept = thin(times, fps)
-    runs = [kept[s : s + frames] for s in clip_starts(len(kept), frames, clips)]
+    runs = [
+        [index for index, _ in kept[s : s + frames]] for s in clip_starts(len(kept), frames, clips)
+    ]
     wanted = {i: c for c, run in enumerate(runs) for i in run}
     out: list[EvalFrame] = []
     size_wh = (0, 0)
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                image = frame.to_ndarray(format="bgr24")
-                size_wh = (image.shape[1], image.shape[0])
-                resized = fit_down(image, size, pad_multiple)
-                out.append(EvalFrame(resized, "video", f"{path.name}#{i}", wanted[i]))
+    for f in _decoded(path, fps, SourceStats()):
+        if f.index in wanted:
+            size_wh = (f.image.shape[1], f.image.shape[0])
+            resized = fit_down(f.image, size, pad_multiple)
+            out.append(EvalFrame(resized, "video", f"{path.name}#{f.index}", wanted[f.index]))
     out.sort(key=lambda f: (f.clip, int(f.name.rsplit("#", 1)[1])))
-    span = (times[kept[-1]] - times[kept[0]]) / max(len(kept) - 1, 1) if len(kept) > 1 else 0
+    first, last = kept[0][1], kept[-1][1]
+    span = (
+        (last - first) / (len(kept) - 1)
+        if len(kept) > 1 and first is not None and last is not None
+        else 0
+    )
     rate = min(fps, 1 / span) if span else fps
-    info = VideoInfo(path, size_wh, len(times), source_fps, round(rate, 3),
+    info = VideoInfo(path, size_wh, stats.frames + stats.skipped, source_fps, round(rate, 3),
                      tuple(tuple(r) for r in runs))  # fmt: skip
     return out, info
 
@@ -172,26 +176,19 @@ def sample_video(
     """``count`` frames sampled evenly across the whole video, each resized to the input
     size: for benches that judge feature codecs only (roi_oracle, transform_metric);
     ``video_clips`` is what eval uses. Two passes, as there."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or 0) or 25.0
-            total = sum(1 for _ in container.decode(video=0))
-    except (av.FFmpegError, IndexError) as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from exc
+    fps = _source_fps(path)
+    total = sum(1 for _ in _decoded(path, None, SourceStats()))
     if total == 0:
         raise ValueError(f"video {path} has no frames")
     wanted = sorted({int(i) for i in np.linspace(0, total - 1, count).round()})
     keep = set(wanted)
     frames: list[EvalFrame] = []
     size_wh = (0, 0)
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in keep:
-                image = frame.to_ndarray(format="bgr24")
-                size_wh = (image.shape[1], image.shape[0])
-                resized = resize_long_side(image, size, pad_multiple)
-                frames.append(EvalFrame(resized, "video", f"{path.name}#{i}"))
+    for f in _decoded(path, None, SourceStats()):
+        if f.index in keep:
+            size_wh = (f.image.shape[1], f.image.shape[0])
+            resized = resize_long_side(f.image, size, pad_multiple)
+            frames.append(EvalFrame(resized, "video", f"{path.name}#{f.index}"))
     return frames, VideoInfo(path, size_wh, total, fps, fps, (tuple(wanted),))
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cloud.detector_tail import Detection
-from model.eval_metrics import bd_rate, cheapest_at, coco_map, rate_fidelity_envelope
+from model.eval_metrics import bd_rate, bytes_at, coco_map, rate_fidelity_envelope
 
 RATES = [1000.0, 2000.0, 4000.0, 8000.0, 16000.0]
 MAP50 = [0.20, 0.50, 0.70, 0.85, 0.95]
@@ -42,8 +42,6 @@ def test_curves_that_do_not_overlap_give_none_and_say_why() -> None:
 def test_envelope_drops_settings_that_cost_more_for_less() -> None:
     rates, quality = rate_fidelity_envelope([4000, 1000, 2000, 8000], [0.5, 0.3, 0.6, 0.6])
     assert rates.tolist() == [1000, 2000] and quality.tolist() == [0.3, 0.6]
-    assert cheapest_at([(4000, 0.5), (1000, 0.3), (2000, 0.6), (500, None)], 0.5) == 2000
-    assert cheapest_at([(1000, 0.3)], 0.9) is None
 
 
 def _det(box: tuple[float, float, float, float], score: float = 0.9) -> Detection:
@@ -78,8 +76,6 @@ def test_class_agnostic_map_pools_classes_and_ignores_labels() -> None:
 
 
 def test_bytes_at_interpolates_on_the_envelope_and_flags_bounds() -> None:
-    from model.eval_metrics import bytes_at
-
     rows = [(1000.0, 0.5), (4000.0, 0.9), (3000.0, 0.4), (16000.0, 1.0)]  # 3000 B: dominated
     mid = bytes_at(rows, 0.95)
     assert mid.bytes_per_frame == pytest.approx(8000.0) and not mid.bound  # geometric mean

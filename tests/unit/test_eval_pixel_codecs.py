@@ -1,6 +1,6 @@
 """The eval's frames and pixel baselines: own resolution, camera rate, inter vs intra.
 
-real frames (zidane.jpg, demo.mp4) ─► fit_down / thin / clip_starts / video_clips
+real frames (zidane.jpg, demo.mp4) ─► fit_down / clip_starts / video_clips (edge thinning)
                                   ─► code_image (JPEG/WebP/AVIF) ─► decoded at its size
 a static clip of one real frame   ─► code_clip H.264/H.265, inter and all-intra
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model.eval_pixel_codecs import VIDEO_CODECS, code_clip, code_image, image_codecs, video_codecs
-from model.eval_signals import clip_starts, fit_down, thin, video_clips
+from model.eval_signals import clip_starts, fit_down, video_clips
 from tests.conftest import sample_images
 
 
@@ -36,16 +36,8 @@ def test_a_small_frame_is_coded_at_its_own_size_never_upscaled() -> None:
     assert {"jpeg", "webp"} <= set(image_codecs())
 
 
-def test_thinning_keeps_order_and_the_camera_rate() -> None:
-    times = [i / 25 for i in range(100)]  # 4 s at 25 fps
-    kept = thin(times, 5.0)
-    assert kept == list(range(0, 100, 5))
-    assert thin([i / 4 for i in range(8)], 5.0) == list(range(8))  # slower source: all
-    # After a gap in the source the rate restarts from the next frame, no bunching.
-    gap = [0.0, 0.2, 0.4, 1.5, 1.6, 1.7, 1.8]
-    assert thin(gap, 5.0) == [0, 1, 2, 3, 5]
-    starts = clip_starts(100, 10, 3)
-    assert starts == [0, 45, 90]
+def test_clips_spread_evenly_and_never_share_a_frame() -> None:
+    assert clip_starts(100, 10, 3) == [0, 45, 90]
     assert clip_starts(25, 10, 3) == [0, 15]  # clips never share a frame
     assert clip_starts(5, 10, 3) == [0]
 
@@ -64,6 +56,7 @@ def test_video_clips_are_consecutive_frames_at_the_set_rate() -> None:
         assert [b - a for a, b in itertools.pairwise(clip)] == [6, 6]  # 24 / 4
     assert [f.clip for f in frames] == [0, 0, 0, 1, 1, 1]
     assert [int(f.name.rsplit("#", 1)[1]) for f in frames] == [*info.clips[0], *info.clips[1]]
+    assert info.total_frames == 1441
     assert {f.image.shape for f in frames} == {(144, 176, 3)}  # 176x144: never upscaled
 
 
