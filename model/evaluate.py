@@ -195,13 +195,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     info = bundle.manifest.detector
     reference_onnx = _reference(bundle, cfg)
     detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads, reference_onnx)
-    features = FeaturePath(bundle, detector.scorer)
-    others = []
+    # One feature path per codec family: the bundle's, then each --compare bundle's (its
+    # own encoder; the bundle's full detector stays the reference for all of them).
+    paths = [(_family(bundle), detector, FeaturePath(bundle, detector.scorer))]
     for other in compared:
-        other_detector = FullDetector(
-            other, cfg.conf, cfg.pred_conf, cfg.threads, _reference(other, cfg)
-        )
-        others.append((_family(other), other_detector, FeaturePath(other, other_detector.scorer)))
+        own = FullDetector(other, cfg.conf, cfg.pred_conf, cfg.threads, _reference(other, cfg))
+        paths.append((_family(other), own, FeaturePath(other, own.scorer)))
     frames: list[EvalFrame] = []
     video: VideoInfo | None = None
     if cfg.images is not None:
@@ -220,21 +219,16 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     pixel = image_codecs()
 
     # 2. Warm up ONNX Runtime and the codecs on the first frame, outside every timing.
-    edge0 = detector.encode(frames[0].image)
-    detector(frames[0].image, edge0)
-    for level in _levels(cfg, features):
-        features(edge0, level)
-    for _, other_detector, other_path in others:
-        other_edge0 = other_detector.encode(frames[0].image)
-        for level in _levels(cfg, other_path):
-            other_path(other_edge0, level)
+    detector(frames[0].image, detector.encode(frames[0].image))
+    for _, own, path in paths:
+        edge0 = own.encode(frames[0].image)
+        for level in _levels(cfg, path):
+            path(edge0, level)
     for name in pixel:
         code_image(name, frames[0].image, cfg.qualities[0])
 
     # 3. Every frame through every per-frame setting: the feature codecs and image codecs.
-    family = _family(bundle)
-    levels = _level_tallies(family, features, cfg)
-    other_levels = [_level_tallies(name, other_path, cfg) for name, _, other_path in others]
+    level_tallies = [_level_tallies(name, path, cfg) for name, _, path in paths]
     images = {(n, q): Tally(n, f"q={q}") for n in pixel for q in cfg.qualities}
     self_check = "sends detections only; mAP: its low-threshold vs reference output (1.0)"
     full = Tally(FULL_DETECTOR, "encoder+tail", self_check)
@@ -247,15 +241,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         stage["encoder"].append(det.encoder_s)
         stage["tail"].append(det.tail_s)
         full.add(i, 0, det.encoder_s + det.tail_s, 0.0, det.scored)
-        for level, tally in zip(_levels(cfg, features), levels, strict=True):
-            coded = features(edge, level)
-            tally.add(i, coded.nbytes, edge.encoder_s + coded.encode_s, coded.decode_s,
-                      coded.detections)  # fmt: skip
-        for (_, other_detector, other_path), tallies in zip(others, other_levels, strict=True):
-            other_edge = other_detector.encode(frame.image)
-            for level, tally in zip(_levels(cfg, other_path), tallies, strict=True):
-                coded = other_path(other_edge, level)
-                tally.add(i, coded.nbytes, other_edge.encoder_s + coded.encode_s,
+        for (_, own, path), tallies in zip(paths, level_tallies, strict=True):
+            own_edge = edge if own is detector else own.encode(frame.image)
+            for level, tally in zip(_levels(cfg, path), tallies, strict=True):
+                coded = path(own_edge, level)
+                tally.add(i, coded.nbytes, own_edge.encoder_s + coded.encode_s,
                           coded.decode_s, coded.detections)  # fmt: skip
         for (name, q), tally in images.items():
             img = code_image(name, frame.image, q)
@@ -290,8 +280,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     # 5. Score every setting against the reference detections.
     pixels = [f.image.shape[0] * f.image.shape[1] for f in frames]
-    feature_tallies = [*levels, *(t for tallies in other_levels for t in tallies)]
-    tallies = [*feature_tallies, *images.values(), *clips]
+    tallies = [*(t for ts in level_tallies for t in ts), *images.values(), *clips]
     rows = [score_row(t, reference, pixels, cfg.conf, cfg.confident) for t in [*tallies, full]]
 
     # 6. BD-rate against JPEG on the same frames, and bytes at equal mAP50.

@@ -179,3 +179,30 @@ def test_bad_inputs_are_named(cli: CliRunner, tiny_bundle: Bundle, tmp_path: Pat
         assert result.exit_code == 2, (expected, result.output)
         assert f"error: {expected}" in result.output, result.output
     assert not (tmp_path / "o.json").exists()
+
+
+def test_compare_runs_a_second_bundles_codec_on_the_same_frames(
+    tiny_learned_bundle: Bundle, tiny_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    from model.evaluate import EvalConfig, evaluate
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample_images()[0], images / "bus.jpg")
+    result = evaluate(
+        EvalConfig(
+            bundle=tiny_learned_bundle.path, compare=(tiny_bundle.path,), images=images,
+            levels=(0, 1), qualities=(50,), weights=tiny_checkpoint,
+            reference_cache=tmp_path / "ref", progress=False,
+        )
+    )  # fmt: skip
+    by_codec = {(r.codec, r.setting): r for r in result.rows}
+    for family in ("fchm", "uniform"):  # each bundle's own encoder and codec, both levels
+        rows = [by_codec[(family, f"level {lv}")] for lv in (0, 1)]
+        assert all(r.frames == 1 and r.bytes_per_frame for r in rows), family
+        assert rows[0].bytes_per_frame < rows[1].bytes_per_frame, family
+    # The two families code different latents: their sizes differ.
+    assert (
+        by_codec[("fchm", "level 1")].bytes_per_frame
+        != by_codec[("uniform", "level 1")].bytes_per_frame
+    )
