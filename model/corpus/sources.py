@@ -12,9 +12,9 @@ re-encoded; video frames become PNG) and the path inside the package.
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,19 +123,17 @@ def select_kivy(sdist: Path) -> Iterator[Item]:
 
 
 def video_frames(video: bytes, name: str, fps: float) -> Iterator[Item]:
-    """One frame every 1/fps seconds of stream time, each as PNG."""
-    import av
+    """The frames a camera at ``fps`` would send (the edge's own thinning, by the file's
+    timestamps: edge/sources.py), each as PNG."""
+    from edge.sources import open_source
 
-    with av.open(io.BytesIO(video), mode="r") as container:
-        stream = container.streams.video[0]
-        next_t = 0.0
-        for frame in container.decode(stream):
-            t = float(frame.time or 0.0)
-            if t + 1e-6 < next_t:
-                continue
-            next_t = t + 1.0 / fps
-            ok, png = cv2.imencode(".png", frame.to_ndarray(format="bgr24"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_bytes(video)
+        for frame in open_source(str(path), max_fps=fps, reconnect=False):
+            ok, png = cv2.imencode(".png", frame.image)
             if ok:
+                t = frame.media_time_s or 0.0
                 yield Item(f"{name}#t={t:.2f}", png.tobytes(), ".png", name)
 
 

