@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.dev_sets import DEV_SETS, DevSet, fetch, path_of
-from model.eval_metrics import bytes_at
 from model.eval_report import bytes_cell, markdown, write_json
 from model.evaluate import EvalConfig, EvalInputError, EvalResult, evaluate
 
@@ -37,8 +36,10 @@ CRFS = (23, 28, 33, 38, 43, 48)
 
 
 def at(result: EvalResult, codec: str, target: float) -> dict[str, Any]:
-    points = [(r.bytes_per_frame or 0.0, r.map50) for r in result.rows if r.codec == codec]
-    return bytes_at(points, target).__dict__
+    """Bytes per frame ``codec`` needs for mAP50 ``target``, as evaluate() read them off
+    its envelope (model/eval_metrics.py ``bytes_at``)."""
+    entry: dict[str, Any] = result.meta["bytes_at_equal_map50"][f"map50>={target}"][codec]
+    return entry
 
 
 def ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float | None, str]:
@@ -47,7 +48,7 @@ def ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float | None, s
     if a is None:
         return None, "FCHM never reaches it"
     if b is None:
-        return None, "baseline never reaches it"
+        return None, "baseline never reaches it in its sweep"
     if theirs["bound"]:
         return a / b, "baseline's cheapest setting already reaches it: ratio ≥ this"
     return a / b, "ratio ≤ this" if ours["bound"] else ""
@@ -59,7 +60,9 @@ def verdict(ours: dict[str, Any], theirs: dict[str, Any], value: float | None,
     if ours["bytes_per_frame"] is None:
         return "missed"
     if theirs["bytes_per_frame"] is None or value is None:
-        return "met"
+        # Its finest setting stays below: a finer one (lower CRF, higher quality) might
+        # reach it, so no ratio is known.
+        return "unknown (the baseline's sweep does not reach it)"
     if ours["bound"] and theirs["bound"]:
         return "unknown (both cheapest settings reach it)"
     if ours["bound"]:
@@ -176,7 +179,8 @@ def main() -> None:
             parser.error(str(exc))
         sections += lines
         summary[dev.name] = {"targets": targets(dev, result), "dev_set": dev.__dict__}
-    name = "rate_vs_codecs" if not args.set else "rate_vs_codecs_" + "_".join(args.set)
+    # With --set, a summary of its own: rate_vs_codecs_<set>.md holds that set's rows.
+    name = "rate_vs_codecs" if not args.set else "rate_vs_codecs_summary_" + "_".join(args.set)
     (args.out / f"{name}.md").write_text("\n".join(sections) + "\n")
     (args.out / f"{name}_targets.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}/{name}.md")

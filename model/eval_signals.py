@@ -94,14 +94,16 @@ def load_images(folder: Path, size: int, pad_multiple: int) -> list[EvalFrame]:
 
 
 def clip_starts(available: int, frames: int, clips: int) -> list[int]:
-    """Where up to ``clips`` disjoint runs of ``frames`` start, spread evenly (one run of
+    """Where up to ``clips`` disjoint runs of ``frames`` start: each centred in its share
+    of the video, so one clip is the middle of it, not its opening titles (one run of
     everything when the video is shorter)."""
     if available <= frames:
         return [0]
     starts: list[int] = []
-    for s in np.linspace(0, available - frames, clips).round():
+    for k in range(clips):
+        s = min(max(round((k + 0.5) * available / clips - frames / 2), 0), available - frames)
         if not starts or s >= starts[-1] + frames:  # clips never share a frame
-            starts.append(int(s))
+            starts.append(s)
     return starts
 
 

@@ -37,8 +37,9 @@ def test_a_small_frame_is_coded_at_its_own_size_never_upscaled() -> None:
 
 
 def test_clips_spread_evenly_and_never_share_a_frame() -> None:
-    assert clip_starts(100, 10, 3) == [0, 45, 90]
-    assert clip_starts(25, 10, 3) == [0, 15]  # clips never share a frame
+    assert clip_starts(100, 10, 1) == [45]  # the middle, not the opening
+    assert clip_starts(100, 10, 3) == [12, 45, 78]
+    assert clip_starts(25, 10, 3) == [0, 15]  # clips never share a frame, stay inside
     assert clip_starts(5, 10, 3) == [0]
 
 
