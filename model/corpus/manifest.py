@@ -77,17 +77,18 @@ def read_manifest(root: Path) -> list[CorpusEntry]:
 
 def package_summary(entries: Iterable[CorpusEntry]) -> dict[str, dict[str, object]]:
     """Per package: version, licences, images and pixels (what a checkpoint records)."""
-    out: dict[str, dict[str, object]] = {}
+    by_package: dict[str, list[CorpusEntry]] = {}
     for e in entries:
-        s = out.setdefault(e.package, {"version": e.version, "images": 0, "pixels": 0,
-                                       "licences": []})  # fmt: skip
-        s["images"] = int(str(s["images"])) + 1
-        s["pixels"] = int(str(s["pixels"])) + e.width * e.height
-        licences = s["licences"]
-        assert isinstance(licences, list)
-        if e.licence not in licences:
-            licences.append(e.licence)
-    return out
+        by_package.setdefault(e.package, []).append(e)
+    return {
+        package: {
+            "version": group[0].version,
+            "images": len(group),
+            "pixels": sum(e.width * e.height for e in group),
+            "licences": list(dict.fromkeys(e.licence for e in group)),
+        }
+        for package, group in by_package.items()
+    }
 
 
 @dataclass(frozen=True)

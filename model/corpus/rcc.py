@@ -7,7 +7,7 @@
                                           | file:      territory u16 | language u16 | data u32
     names   length u16 (UTF-16 units) | hash u32 | UTF-16BE name
     data    size u32 | bytes: zlib-flagged ones start with their uncompressed size (u32,
-            ``qCompress``), zstd-flagged ones are one zstd frame
+            ``qCompress``); zstd-flagged ones (rcc -compress-algo zstd) are refused
 
 The layout is Qt's own (qtbase src/corelib/io/qresource.cpp, tools/rcc/rcc.cpp); no Qt
 is needed to read it. Reading never executes anything from the file.
@@ -75,9 +75,9 @@ def _payload(blob: bytes, h: _Header, offset: int, flags: int, source: str) -> b
     if len(raw) != size:
         raise RccError(f"{source}: entry at data offset {offset} runs past the end")
     if flags & COMPRESSED_ZSTD:
-        import zstandard  # only version 3 files written with -compress-algo zstd need it
-
-        return bytes(zstandard.ZstdDecompressor().decompress(raw))
+        # rcc -compress-algo zstd (format 3): none of the pinned packages uses it, and
+        # decoding it would need a zstd library the project does not otherwise install.
+        raise RccError(f"{source}: entry at data offset {offset} is zstd-compressed (unsupported)")
     if flags & COMPRESSED:
         (expected,) = struct.unpack_from(">I", raw, 0)
         out = zlib.decompress(raw[4:])

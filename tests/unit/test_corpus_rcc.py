@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from model.corpus.rcc import COMPRESSED, DIRECTORY, RccError, read_rcc, read_rcc_file
+from model.corpus.rcc import (
+    COMPRESSED,
+    COMPRESSED_ZSTD,
+    DIRECTORY,
+    RccError,
+    read_rcc,
+    read_rcc_file,
+)
 
 Tree = dict[str, "bytes | tuple[bytes, bool] | Tree"]
 
@@ -139,3 +146,12 @@ def test_reads_a_real_gcompris_resource_file(tmp_path: Path) -> None:
     assert len(photos) >= 30  # the erase game's backgrounds
     image = cv2.imdecode(np.frombuffer(photos[0].data, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape[:2] == (1080, 1920)
+
+
+def test_a_zstd_compressed_entry_is_refused_by_name() -> None:
+    blob = bytearray(write_rcc({"a.jpg": (PHOTO, True)}))
+    (tree_at,) = struct.unpack_from(">I", blob, 8)
+    file_node = tree_at + 22  # the root's one child, version-3 nodes of 22 bytes
+    struct.pack_into(">H", blob, file_node + 4, COMPRESSED_ZSTD)
+    with pytest.raises(RccError, match="zstd-compressed"):
+        list(read_rcc(bytes(blob)))
