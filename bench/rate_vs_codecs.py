@@ -22,7 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.dev_sets import DEV_SETS, DevSet, fetch, path_of
+# bench/ is on the path of a script run from it (as `make bench` runs it).
+from dev_sets import DEV_SETS, DevSet, fetch, path_of
+
 from model.eval_report import bytes_cell, markdown, write_json
 from model.evaluate import EvalConfig, EvalInputError, EvalResult, evaluate
 
