@@ -2,7 +2,9 @@
 
     bytes ─► FrameBitstream.from_bytes (magic, version, length, crc)
           ─► check bundle tag, codec, rate level, channels, geometry
-          ─► FeatureCodec.decompress (integer tables, bit-exact; symbol CRC) ─► DecodedFrame
+          ─► FeatureCodec.decompress_symbols (integer tables, bit-exact; symbol CRC;
+             a P-frame against the reference latent the caller resolved,
+             cloud/latent_references.py) ─► DecodedFrame
 
 Every failure raises InvalidFrame with a message that names the bad field; the
 ingest servicer turns it into INVALID_ARGUMENT.
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.bitstream import VERSION, BitstreamError, FrameBitstream
+from codec.bitstream import CHECKED_VERSIONS, BitstreamError, FrameBitstream
 from codec.bundle import Bundle
 from codec.entropy_tables import EntropyCodingError
 from codec.feature_codec import EncodedFeatures
 from codec.geometry import Letterbox
+from codec.inter_frames import LatentSymbols
 from codec.wire import MAX_IMAGE_SIDE
 
 
@@ -51,6 +54,13 @@ class DecodedFrame:
     features: np.ndarray
     """float32 (C, h, w), dequantized"""
     geometry: Letterbox
+    symbols: LatentSymbols
+    """what the camera's next P-frame is predicted from"""
+
+
+class MissingReference(InvalidFrame):
+    """A P-frame whose reference latent the cloud does not hold (or holds with other
+    symbols): it cannot be decoded until the camera sends a keyframe."""
 
 
 class FrameDecoder:
@@ -98,22 +108,43 @@ class FrameDecoder:
             )
         return geometry
 
-    def decode(self, data: bytes, stored: bool = False) -> DecodedFrame:
+    def decode(
+        self, data: bytes, stored: bool = False, reference: LatentSymbols | None = None
+    ) -> DecodedFrame:
         """Decode a frame; ``stored``: bytes from the cloud's own store, which may
-        predate the symbol check (container version 1). Ingest takes only the current
-        version: a frame without the check could decode to garbage and be stored."""
-        frame = self.parse(data)
-        if frame.version != VERSION and not stored:
+        predate the symbol check (container version 1). Ingest takes only checked
+        versions: a frame without the check could decode to garbage and be stored.
+        A P-frame needs ``reference``, the decoded latent its container names."""
+        return self.decode_parsed(self.parse(data), stored, reference)
+
+    def decode_parsed(
+        self, frame: FrameBitstream, stored: bool = False, reference: LatentSymbols | None = None
+    ) -> DecodedFrame:
+        if frame.version not in CHECKED_VERSIONS and not stored:
             raise OutdatedBitstream(
                 f"container version {frame.version} (no symbol check) is not accepted for "
-                f"ingest, only version {VERSION}: upgrade the edge agent"
+                f"ingest, only versions {list(CHECKED_VERSIONS)}: upgrade the edge agent"
             )
         geometry = self.geometry(frame)
+        if frame.reference is not None:
+            if not self.codec.supports_inter:
+                raise InvalidFrame("P-frame, but the cloud's bundle has no P-frame tables")
+            if reference is None or reference.crc != frame.reference.symbol_crc:
+                held = "none" if reference is None else f"symbol CRC {reference.crc:08x}"
+                raise MissingReference(
+                    f"P-frame references the frame {frame.reference.offset} back with symbol CRC "
+                    f"{frame.reference.symbol_crc:08x}; the cloud holds {held}: send a keyframe"
+                )
         encoded = EncodedFeatures(
-            frame.rate_level, frame.latent_shape, frame.payload, frame.symbol_crc
+            frame.rate_level,
+            frame.latent_shape,
+            frame.payload,
+            frame.symbol_crc,
+            None if frame.reference is None else frame.reference.symbol_crc,
         )
         try:
-            features = self.codec.decompress(encoded)
+            symbols = self.codec.decompress_symbols(encoded, reference)
         except EntropyCodingError as exc:
             raise InvalidFrame(f"payload: {exc}") from exc
-        return DecodedFrame(frame, features, geometry)
+        features = self.codec.dequantize(symbols.q, frame.rate_level)
+        return DecodedFrame(frame, features, geometry, symbols)

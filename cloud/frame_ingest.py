@@ -4,7 +4,9 @@
                    │    └──other CRC──► SequenceReused (never acked)
                    │ no
                    ▼
-               FrameDecoder (decode) ─► DetectorTail (nn_part_2) ─► FrameStore (store)
+               FrameDecoder (decode; a P-frame against LatentReferences' latent)
+                   ─► DetectorTail (nn_part_2) ─► FrameStore (store) ─► remembered as
+                      the camera's next reference
 
 The early look saves a replay its decode; it is only a shortcut: another ingest may
 store the same sequence while this one decodes, and ``FrameStore.store_frame`` makes
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
+from cloud.latent_references import LatentReferences
 from cloud.metrics import CloudMetrics
 from cloud.store.frame_store import FrameStore, SequenceReused
 from cloud.store.records import FrameRecord, StoredFrame
@@ -54,6 +57,7 @@ class FrameIngest:
         self, decoder: FrameDecoder, tail: DetectorTail, store: FrameStore, metrics: CloudMetrics
     ) -> None:
         self.decoder, self.tail, self.store, self.metrics = decoder, tail, store, metrics
+        self.references = LatentReferences(decoder, store)
 
     def ingest(self, frame: ReceivedFrame, clock_offset_ns: int) -> StoredFrame:
         check_ranges(frame, clock_offset_ns)
@@ -65,7 +69,9 @@ class FrameIngest:
             return replay
 
         t0 = time.perf_counter()
-        decoded = self.decoder.decode(frame.bitstream)
+        parsed = self.decoder.parse(frame.bitstream)
+        reference = self.references.reference_for(frame.camera_id, frame.sequence, parsed)
+        decoded = self.decoder.decode_parsed(parsed, reference=reference)
         if decoded.bitstream.rate_level != frame.rate_level:
             raise InvalidFrame(
                 f"rate_level {frame.rate_level} differs from the bitstream's "
@@ -92,6 +98,7 @@ class FrameIngest:
         )
         t3 = time.perf_counter()
 
+        self.references.remember(frame.camera_id, frame.sequence, decoded.symbols)
         m = self.metrics
         for stage, seconds in (("decode", t1 - t0), ("nn_part_2", t2 - t1), ("store", t3 - t2)):
             m.stage_seconds.labels(stage).observe(seconds)
@@ -100,6 +107,7 @@ class FrameIngest:
         else:
             m.frames.labels(frame.camera_id).inc()
             m.bytes.inc(len(frame.bitstream))
+            m.frame_types.labels("key" if parsed.reference is None else "p").inc()
             for d in found:
                 m.detections.labels(d.label).inc()
         return stored

@@ -13,6 +13,7 @@ the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -74,6 +75,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         lease: StreamLease | None = None
         self._open_streams += 1
         hinted_fps = 0.0  # the max_fps this stream was last told (0: none)
+        replaced: str | None = None
         try:
             try:
                 first = await asyncio.wait_for(
@@ -172,12 +174,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     hinted_fps = hint.rate_hint.max_fps
                     yield hint
         except StreamReplaced as exc:
-            await self._abort(context, grpc.StatusCode.ABORTED, str(exc))
+            replaced = str(exc)
         finally:
             self._open_streams -= 1
             if lease is not None:
                 self.streams.release(lease)
             metrics.streams.dec()
+        if replaced is not None:
+            # As for rejected frames: abort outside the except block, holding no frame
+            # (a stream replaced mid-frame kept its bytes and decode alive until a full GC).
+            with contextlib.suppress(NameError):  # unbound: replaced before its first frame
+                del message, f, received
+            await self._abort(context, grpc.StatusCode.ABORTED, replaced)
 
     # ── ingest lag and backpressure (cloud/ingest_lag.py) ────────────────────
     def _ingest_now(self, frame: ReceivedFrame, offset_ns: int, submitted: float) -> StoredFrame:

@@ -21,6 +21,9 @@ class CloudMetrics:
             "fchm_ingest_rejected", "Streams ended with an error status", ["code"], registry=r
         )
         self.bytes = Counter("fchm_ingest_bytes", "Bitstream bytes stored", registry=r)
+        self.frame_types = Counter(
+            "fchm_ingest_frame_types", "Frames stored by kind (key, p)", ["kind"], registry=r
+        )
         self.detections = Counter("fchm_detections", "Detections stored", ["label"], registry=r)
         self.stage_seconds = Histogram(
             "fchm_stage_seconds",

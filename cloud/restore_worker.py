@@ -1,7 +1,8 @@
 """Restore worker: one view job id in, one PNG in the blob store out.
 
-    queue.get() ─► job row (mark running, attempts + 1) ─► frame row ─► bitstream blob
-        ─► FrameDecoder.decode ─► RESTORERS[kind] at view_size (ORT, in a thread) ─► PNG
+    queue.get() ─► job row (mark running, attempts + 1) ─► frame row ─► bitstream blob(s)
+        ─► LatentReferences.decode_stored (a P-frame: from its keyframe on)
+        ─► RESTORERS[kind] at view_size (ORT, in a thread) ─► PNG
         ─► blobs.put("views/<id>.png") ─► job row (done, image_key, size) │ (failed, error)
 
 A job that fails (missing frame, corrupted bitstream, a restorer error) is marked
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
+from cloud.latent_references import LatentReferences
 from cloud.metrics import CloudMetrics
 from cloud.restorers import Restorer, load_restorers, view_size
 from cloud.store.frame_store import FrameStore, now_ns
@@ -63,6 +65,7 @@ class RestoreWorker:
     ) -> None:
         self.store = store
         self.decoder = decoder
+        self.references = LatentReferences(decoder, store)
         self.restorers = restorers
         self.queue = queue
         self.metrics = metrics
@@ -103,9 +106,8 @@ class RestoreWorker:
                 raise LookupError(
                     f"view kind {job.kind!r} is not served here (have {sorted(self.restorers)})"
                 )
-            data = self.store.read_bitstream(frame)
-            # 3. Decode (bit-exact) and render the human view.
-            decoded = self.decoder.decode(data, stored=True)  # may predate container v2
+            # 3. Decode (bit-exact; a P-frame from its keyframe on) and render the view.
+            decoded = self.references.decode_stored(frame.camera_id, frame.sequence)
             size = view_size(decoded.geometry.image_size, self.max_side)
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded, size)

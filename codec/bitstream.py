@@ -1,10 +1,17 @@
 """The frame container: what one camera frame becomes on the wire.
 
-Layout, version 2 (little-endian, 38 bytes of framing around the payload)::
+Layout, version 3 (little-endian, 44 bytes of framing around the payload)::
 
     magic "FCHM" | version u8 | codec_id u8 | rate_level u8 | flags u8 (reserved, 0)
     bundle_tag 8B | image w u16 | image h u16 | latent c u16 | h u16 | w u16
-    payload_len u32 | symbol_crc u32 | payload | crc32 u32 (over everything before it)
+    payload_len u32 | symbol_crc u32 | ref_offset u16 | ref_crc u32
+    payload | crc32 u32 (over everything before it)
+
+``ref_offset`` says what the frame references: 0, nothing (a keyframe, intra coded);
+n > 0, a P-frame predicted from the same camera's frame ``sequence − n`` (the edge
+always uses 1, its previous frame), whose decoded symbols must have CRC-32 ``ref_crc``.
+The cloud refuses a P-frame whose reference it does not hold, or holds with other
+symbols, instead of decoding it against the wrong latent.
 
 ``symbol_crc`` is the CRC-32 of the quantized symbols the encoder coded (the int32
 (C, H, W) tensor, little-endian, C order; ``codec.entropy_tables.symbol_crc``). The
@@ -12,9 +19,11 @@ container CRC only says the bytes arrived as sent; the symbol CRC says the paylo
 decodes to what was coded: a payload that was corrupted and then re-framed with a
 fresh container CRC still fails it (an entropy decoder accepts ~1% of such payloads).
 
-Version 1 is the same without ``symbol_crc`` (34 bytes of framing). It still parses
-(``symbol_crc`` is None) so bitstreams stored before the change can be viewed, but
-``to_bytes`` writes only version 2 and cloud ingest accepts only version 2.
+Version 2 is the same without the reference fields (38 bytes; always a keyframe) and
+version 1 also without ``symbol_crc`` (34 bytes). Both still parse (``symbol_crc`` is
+None in version 1) so bitstreams stored before the changes can be viewed; ``to_bytes``
+writes only version 3. Ingest accepts versions 2 and 3: a version-2 frame is a keyframe
+with the symbol check, so an edge agent that predates P-frames keeps working.
 
 The bundle tag is the first 8 bytes of the bundle hash: a frame encoded with one
 bundle is never decoded with another.
@@ -27,15 +36,28 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"FCHM"
-VERSION = 2
+VERSION = 3
+CHECKED_VERSIONS = (2, 3)
+"""Versions that carry the symbol check: what ingest accepts."""
 _PREFIX = struct.Struct("<4sB")
 _HEADERS = {
     1: struct.Struct("<4sBBBB8sHHHHHI"),
     2: struct.Struct("<4sBBBB8sHHHHHII"),
+    3: struct.Struct("<4sBBBB8sHHHHHIIHI"),
 }
 _CRC = struct.Struct("<I")
 OVERHEAD_BYTES = _HEADERS[VERSION].size + _CRC.size
-"""Bytes of framing per frame (38): counted in every frame's rate."""
+"""Bytes of framing per frame (44): counted in every frame's rate."""
+
+
+@dataclass(frozen=True)
+class FrameReference:
+    """What a P-frame is predicted from."""
+
+    offset: int
+    """sequences back, within the same camera (≥ 1)"""
+    symbol_crc: int
+    """CRC-32 of the referenced frame's decoded symbols"""
 
 
 def stored_checksum(data: bytes) -> int:
@@ -63,10 +85,14 @@ class FrameBitstream:
     payload: bytes
     symbol_crc: int | None
     """CRC-32 of the coded symbols (EncodedFeatures.symbol_crc); None in version 1."""
+    reference: FrameReference | None = None
+    """None: a keyframe"""
+    version: int = VERSION
+    """the container version it was parsed from (to_bytes writes VERSION)"""
 
     @property
-    def version(self) -> int:
-        return 1 if self.symbol_crc is None else VERSION
+    def is_keyframe(self) -> bool:
+        return self.reference is None
 
     def to_bytes(self) -> bytes:
         if len(self.bundle_tag) != 8:
@@ -75,6 +101,9 @@ class FrameBitstream:
             raise BitstreamError(
                 f"symbol_crc must be the CRC-32 of the coded symbols, got {self.symbol_crc}"
             )
+        ref = self.reference
+        if ref is not None and not (1 <= ref.offset < 2**16 and 0 <= ref.symbol_crc < 2**32):
+            raise BitstreamError(f"reference {ref} needs 1 ≤ offset < 65536 and a CRC-32")
         header = _HEADERS[VERSION].pack(
             MAGIC,
             VERSION,
@@ -86,6 +115,8 @@ class FrameBitstream:
             *self.latent_shape,
             len(self.payload),
             self.symbol_crc,
+            0 if ref is None else ref.offset,
+            0 if ref is None else ref.symbol_crc,
         )
         body = header + self.payload
         return body + _CRC.pack(zlib.crc32(body))
@@ -118,10 +149,25 @@ class FrameBitstream:
         (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
         if zlib.crc32(data[: -_CRC.size]) != crc:
             raise BitstreamError("checksum mismatch: the bitstream is corrupted")
+        reference = None
+        if version >= 3 and fields[13]:
+            reference = FrameReference(int(fields[13]), int(fields[14]))
+        elif version >= 3 and fields[14]:
+            raise BitstreamError(f"ref_crc {fields[14]:08x} set on a keyframe (ref_offset 0)")
         if flags:
             # Reserved: a frame that sets them means something this decoder does not know.
             raise BitstreamError(f"flags 0x{flags:02x} set; none are defined in version {version}")
         if min(iw, ih, c, h, w) == 0:
             raise BitstreamError(f"zero dimension in image {iw}x{ih} or latent {c}x{h}x{w}")
         payload = bytes(data[header.size : header.size + n])
-        return cls(codec_id, level, tag, (iw, ih), (c, h, w), payload, symbol_crc)
+        return cls(
+            codec_id, level, tag, (iw, ih), (c, h, w), payload, symbol_crc, reference, version
+        )
+
+
+def is_keyframe(data: bytes) -> bool:
+    """Whether ``data`` is a well-formed keyframe (a P-frame or garbage is not)."""
+    try:
+        return FrameBitstream.from_bytes(data).is_keyframe
+    except BitstreamError:
+        return False

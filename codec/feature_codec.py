@@ -7,6 +7,11 @@
     q (C,H,W) int32 ──► EntropyTables.encode ──► payload bytes
                     └─► symbol_crc(q) ──► checked against the decoded symbols
 
+A frame is intra (a keyframe) or a P-frame: given the camera's last decoded latent
+(``LatentSymbols``), ``compress`` codes only what changed (codec/inter_frames.py) and
+``decompress`` needs the same reference. Both return, or take, symbols exactly as the
+decoder reconstructs them, so the two ends hold the same reference bit for bit.
+
 The uniform codec needs no training: its statistics (per-channel mean/scale and
 the integer tables) are fitted on sample images when a bundle is exported. It
 stays as the baseline beside the learned codec (GainedFeatureCodec), whose
@@ -15,13 +20,26 @@ transforms live in the bundle's ONNX files and whose quantizer is gain vectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Protocol, Self
 
 import numpy as np
 
 from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
+from codec.inter_frames import (
+    InterTables,
+    LatentSymbols,
+    decode_residual,
+    encode_residual,
+    skip_map,
+)
+
+DEFAULT_SKIP_THRESHOLD = 6.0
+"""P-frame cells whose residual energy is within this many symbol steps² are skipped."""
+INTRA_CHECK_BELOW = 0.75
+"""A P-frame that skips fewer cells than this is also coded intra; the smaller one goes
+(a panning camera's P-frames cost up to 24% more than keyframes at mid levels)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,11 @@ class EncodedFeatures:
     symbol_crc: int | None
     """CRC-32 of the coded symbols (entropy_tables.symbol_crc); None: not checked
     (a version-1 bitstream from before the check)."""
+    reference_crc: int | None = None
+    """P-frame: the symbol CRC of the latent it is predicted from; None: intra."""
+    symbols: LatentSymbols | None = field(default=None, compare=False, repr=False)
+    """Encoder side only (never on the wire): the latent as the decoder will rebuild it,
+    the next P-frame's reference."""
 
 
 class FeatureCodec(Protocol):
@@ -50,14 +73,33 @@ class FeatureCodec(Protocol):
         """Build coding models up front so the first frame is not slower than the rest."""
         ...
 
-    def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures: ...
+    @property
+    def supports_inter(self) -> bool:
+        """Whether the bundle holds P-frame tables (bundles exported before them do not)."""
+        ...
+
+    def compress(
+        self,
+        features: np.ndarray,
+        rate_level: int,
+        reference: LatentSymbols | None = None,
+        skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+    ) -> EncodedFeatures: ...
 
     def expected_bytes(self, rate_level: int, latent_shape: tuple[int, int, int]) -> float:
         """Expected payload size at ``rate_level`` for a (C, H, W) latent, from the
         codec's own statistics (no coding); rate controllers start from it."""
         ...
 
-    def decompress(self, encoded: EncodedFeatures) -> np.ndarray: ...
+    def decompress_symbols(
+        self, encoded: EncodedFeatures, reference: LatentSymbols | None = None
+    ) -> LatentSymbols: ...
+
+    def dequantize(self, q: np.ndarray, rate_level: int) -> np.ndarray: ...
+
+    def decompress(
+        self, encoded: EncodedFeatures, reference: LatentSymbols | None = None
+    ) -> np.ndarray: ...
 
 
 class _TableCoded:
@@ -67,6 +109,7 @@ class _TableCoded:
     """
 
     tables: EntropyTables
+    inter: InterTables | None
 
     def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
         raise NotImplementedError
@@ -84,6 +127,8 @@ class _TableCoded:
 
     def prepare(self) -> None:
         self.tables.prepare()
+        if self.inter is not None:
+            self.inter.prepare()
 
     def expected_bytes(self, rate_level: int, latent_shape: tuple[int, int, int]) -> float:
         """Expected payload bytes: the integer tables' entropy (see EntropyTables.expected_bits)."""
@@ -91,40 +136,135 @@ class _TableCoded:
             raise ValueError(f"rate_level {rate_level} outside 0..{self.num_levels - 1}")
         return self.tables.expected_bits(rate_level, latent_shape) / 8.0
 
-    def compress(self, features: np.ndarray, rate_level: int) -> EncodedFeatures:
+    @property
+    def supports_inter(self) -> bool:
+        return self.inter is not None
+
+    def predict(self, reference: LatentSymbols, rate_level: int) -> np.ndarray:
+        """The reference's symbols on ``rate_level``'s grid (itself on the same level).
+
+        Across levels: dequantize, then quantize, in float32 — IEEE multiplies and a rint,
+        the same on every machine, so both ends predict the same integers."""
+        if reference.rate_level == rate_level:
+            return reference.q
+        return self.quantize(self.dequantize(reference.q, reference.rate_level), rate_level)
+
+    def compress(
+        self,
+        features: np.ndarray,
+        rate_level: int,
+        reference: LatentSymbols | None = None,
+        skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+    ) -> EncodedFeatures:
         if features.ndim != 3:
             raise ValueError(f"features must be (C,H,W), got shape {features.shape}")
         q = self.quantize(features, rate_level)
         shape = (int(q.shape[0]), int(q.shape[1]), int(q.shape[2]))
-        payload = self.tables.encode(q, rate_level)
-        return EncodedFeatures(rate_level, shape, payload, symbol_crc(q))
+        if reference is None or reference.q.shape != q.shape:
+            payload = self.tables.encode(q, rate_level)
+            crc = symbol_crc(q)
+            return EncodedFeatures(
+                rate_level, shape, payload, crc, None, LatentSymbols(rate_level, q, crc)
+            )
+        inter = self._inter()
+        prediction = self.predict(reference, rate_level)
+        wide = q.astype(np.int64) - prediction
+        if wide.min() < -(2**31) or wide.max() >= 2**31:
+            return self.compress(features, rate_level)  # no int32 residual: a keyframe
+        residual = wide.astype(np.int32)
+        skip = skip_map(residual, skip_threshold)
+        payload, coded = encode_residual(inter, rate_level, residual, skip)
+        if skip.mean() < INTRA_CHECK_BELOW:
+            # Much of the frame changed (a pan, a cut, a light switched on): a keyframe
+            # may be smaller, and it restarts the chain for free.
+            intra = self.compress(features, rate_level)
+            if len(intra.payload) <= len(payload):
+                return intra
+        decoded = (prediction + coded).astype(np.int32)
+        crc = symbol_crc(decoded)
+        return EncodedFeatures(
+            rate_level, shape, payload, crc, reference.crc, LatentSymbols(rate_level, decoded, crc)
+        )
 
-    def decompress(self, encoded: EncodedFeatures) -> np.ndarray:
-        q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
-        if encoded.symbol_crc is not None:
-            decoded = symbol_crc(q)
-            if decoded != encoded.symbol_crc:
+    def decompress_symbols(
+        self, encoded: EncodedFeatures, reference: LatentSymbols | None = None
+    ) -> LatentSymbols:
+        """The decoded symbols; a P-frame needs the reference its ``reference_crc`` names."""
+        if encoded.reference_crc is None:
+            q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
+        else:
+            if reference is None or reference.crc != encoded.reference_crc:
+                held = "none" if reference is None else f"{reference.crc:08x}"
                 raise EntropyCodingError(
-                    "payload does not decode to the symbols it was coded from (symbol CRC-32 "
-                    f"{decoded:08x}, the container says {encoded.symbol_crc:08x}): corrupted"
+                    f"P-frame predicted from a latent with symbol CRC {encoded.reference_crc:08x}, "
+                    f"but the reference given is {held}"
                 )
-        return self.dequantize(q, encoded.rate_level)
+            if reference.q.shape != encoded.latent_shape:
+                raise EntropyCodingError(
+                    f"P-frame latent {encoded.latent_shape} differs from its reference's "
+                    f"{reference.q.shape}"
+                )
+            if not 0 <= encoded.rate_level < self.num_levels:
+                raise EntropyCodingError(
+                    f"rate level {encoded.rate_level} outside 0..{self.num_levels - 1}"
+                )
+            residual = decode_residual(
+                self._inter(), encoded.rate_level, encoded.payload, encoded.latent_shape
+            )
+            wide = self.predict(reference, encoded.rate_level).astype(np.int64) + residual
+            if wide.size and (wide.min() < -(2**31) or wide.max() >= 2**31):
+                raise EntropyCodingError("P-frame decodes outside int32")
+            q = wide.astype(np.int32)
+        crc = symbol_crc(q)
+        if encoded.symbol_crc is not None and crc != encoded.symbol_crc:
+            raise EntropyCodingError(
+                "payload does not decode to the symbols it was coded from (symbol CRC-32 "
+                f"{crc:08x}, the container says {encoded.symbol_crc:08x}): corrupted"
+            )
+        return LatentSymbols(encoded.rate_level, q, crc)
+
+    def decompress(
+        self, encoded: EncodedFeatures, reference: LatentSymbols | None = None
+    ) -> np.ndarray:
+        symbols = self.decompress_symbols(encoded, reference)
+        return self.dequantize(symbols.q, encoded.rate_level)
+
+    def _inter(self) -> InterTables:
+        if self.inter is None:
+            raise EntropyCodingError(
+                "this bundle has no P-frame tables (exported before inter coding): "
+                "re-export it, or code keyframes only"
+            )
+        return self.inter
 
     def save(self, path: Path) -> None:
-        """codec.npz: each float32 field by name, plus the tables (freqs, radius)."""
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tables"}  # type: ignore[arg-type]
+        """codec.npz: each float32 field by name, the tables (freqs, radius) and the
+        P-frame tables (inter_freqs, inter_base)."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TABLES}  # type: ignore[arg-type]
+        if self.inter is not None:
+            arrays |= {"inter_freqs": self.inter.freqs, "inter_base": self.inter.base}
         np.savez(path, **arrays, freqs=self.tables.freqs, radius=np.int32(self.tables.radius))
 
     @classmethod
     def load(cls, path: Path) -> Self:
         with np.load(path) as z:
             tables = EntropyTables(z["freqs"].astype(np.uint32), int(z["radius"]))
+            inter = None
+            if "inter_freqs" in z:
+                inter = InterTables(
+                    z["inter_freqs"].astype(np.uint32),
+                    z["inter_base"].astype(np.uint8),
+                    tables.radius,
+                )
             arrays = {
                 f.name: z[f.name].astype(np.float32)
                 for f in fields(cls)  # type: ignore[arg-type]
-                if f.name != "tables"
+                if f.name not in _TABLES
             }
-        return cls(**arrays, tables=tables)  # type: ignore[call-arg]  # subclasses are dataclasses
+        return cls(**arrays, tables=tables, inter=inter)  # type: ignore[call-arg]  # subclasses are dataclasses
+
+
+_TABLES = ("tables", "inter")
 
 
 @dataclass(frozen=True)
@@ -141,6 +281,8 @@ class UniformFeatureCodec(_TableCoded):
     steps: np.ndarray
     """float32 (levels,), quantization step per rate level, coarsest first"""
     tables: EntropyTables
+    inter: InterTables | None = None
+    """P-frame tables; None: a bundle from before inter coding (keyframes only)"""
 
     def quantize(self, features: np.ndarray, rate_level: int) -> np.ndarray:
         x = (features.astype(np.float32) - self.mean[:, None, None]) / self.scale[:, None, None]
@@ -169,6 +311,8 @@ class GainedFeatureCodec(_TableCoded):
     inverse_gains: np.ndarray
     """float32 (levels, C)"""
     tables: EntropyTables
+    inter: InterTables | None = None
+    """P-frame tables; None: a bundle from before inter coding (keyframes only)"""
 
     def __post_init__(self) -> None:
         if (

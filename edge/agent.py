@@ -2,7 +2,8 @@
 
     capture thread ─► FrameQueue ─► rate controller ─► FrameEncoder ─► Spool (durable)
     (source, reconnects)  (bounded; live: drop        (budget, cloud    (letterbox ─►     │
-                           oldest, files: block)        hints, activity)  encoder ─► code)  ▼
+                           oldest, files: block)        hints, activity,  encoder ─► code,  │
+                                                        key or P)         key or P-frame)   ▼
                                                                          Uplink thread ═gRPC═► cloud
                                                                          (replay oldest first,
                                                                           reconnect with backoff)
@@ -106,7 +107,12 @@ def run_agent(
     )
     bundle = Bundle.load(settings.bundle)
     encoder = FrameEncoder(
-        bundle, settings.backend, settings.threads, engine_cache=settings.engine_cache
+        bundle,
+        settings.backend,
+        settings.threads,
+        engine_cache=settings.engine_cache,
+        keyframe_interval=settings.keyframe_interval,
+        skip_threshold=settings.skip_threshold,
     )
     check_inputs(settings, encoder)
     metrics = EdgeMetrics()
@@ -193,8 +199,11 @@ def run_agent(
                 continue
             now_s = _clock(frame)
             rate.set_hint(uplink.rate_hint)
-            level = rate.choose(now_s, activity(frame.image))
-            encoded = encoder.encode(frame, level)
+            # A refused frame breaks the chain of P-frames after it: start a new one.
+            forced = uplink.take_keyframe_request()
+            keyframe = forced or encoder.next_is_keyframe()
+            level = rate.choose(now_s, activity(frame.image), keyframe=keyframe)
+            encoded = encoder.encode(frame, level, keyframe=forced)
             spool.append(
                 frame.capture_time_ns,
                 level,
@@ -202,7 +211,7 @@ def run_agent(
                 source=None if live else settings.source,
                 source_index=frame.index,
             )
-            rate.record(now_s, level, len(encoded.bitstream))
+            rate.record(now_s, level, len(encoded.bitstream), keyframe=encoded.keyframe)
             metrics.on_encoded(encoded)
             report.frames += 1
             report.bytes_encoded += len(encoded.bitstream)

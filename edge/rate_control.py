@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -43,11 +44,11 @@ _ACTIVITY_FLOOR = 0.002
 class RateController(Protocol):
     """What the agent calls once per frame."""
 
-    def choose(self, now_s: float, activity: float | None = None) -> int:
-        """The rate level for the frame captured at ``now_s``."""
+    def choose(self, now_s: float, activity: float | None = None, keyframe: bool = True) -> int:
+        """The rate level for the frame captured at ``now_s`` (a keyframe or a P-frame)."""
         ...
 
-    def record(self, now_s: float, level: int, nbytes: int) -> None:
+    def record(self, now_s: float, level: int, nbytes: int, keyframe: bool = True) -> None:
         """The frame chosen at ``now_s`` went out at ``level`` as ``nbytes`` bytes."""
         ...
 
@@ -122,10 +123,10 @@ class FixedRate:
         self.follow_hints = follow_hints
         self.hint: int | None = None
 
-    def choose(self, now_s: float, activity: float | None = None) -> int:
+    def choose(self, now_s: float, activity: float | None = None, keyframe: bool = True) -> int:
         return self.level if self.hint is None else min(self.level, self.hint)
 
-    def record(self, now_s: float, level: int, nbytes: int) -> None:
+    def record(self, now_s: float, level: int, nbytes: int, keyframe: bool = True) -> None:
         pass
 
     def set_hint(self, level: int | None) -> None:
@@ -162,6 +163,9 @@ class BudgetRate:
     *scene* factor shared by all levels (content moves every level together: the
     log-ratios across levels correlate ≥ 0.98 on demo.mp4) and a slow per-level
     *bias* (how this camera's statistics differ from the fitting images per step).
+    Keyframes and P-frames have a predictor each (a P-frame of a still scene is a
+    tenth of a keyframe or less): the P-frames' starts from the keyframes' and
+    learns from the first P-frame on.
 
     Scene activity moves the balance target b* within ±D/2: frames at the camera's
     floor of activity (static scene, sensor noise) save tokens, frames at 4x that
@@ -197,10 +201,9 @@ class BudgetRate:
         self.balance = 0.0
         self.interval = 1.0 / fps_hint
         self._last_s: float | None = None
-        # Predictor state in log space: shared scene factor + per-level bias.
-        self._log_scene = 0.0
-        self._log_bias = np.zeros_like(expected)
-        self._calibrated = calibrated
+        # Predictor state in log space: scene factor + per-level bias, per frame kind.
+        self._key = _SizePredictor(np.zeros_like(expected), calibrated)
+        self._inter: _SizePredictor | None = None
         # Scene activity: a slow baseline it is judged against.
         self._activity_base: float | None = None
         self._target = 0.0
@@ -209,11 +212,19 @@ class BudgetRate:
     def num_levels(self) -> int:
         return int(self.expected.size)
 
-    def predicted(self) -> np.ndarray:
+    def predicted(self, keyframe: bool = True) -> np.ndarray:
         """Bytes per frame the predictor expects at each level now."""
-        return np.asarray(self.expected * np.exp(self._log_scene + self._log_bias))
+        p = self._predictor(keyframe)
+        return np.asarray(self.expected * np.exp(p.log_scene + p.log_bias))
 
-    def choose(self, now_s: float, activity: float | None = None) -> int:
+    def _predictor(self, keyframe: bool) -> _SizePredictor:
+        if keyframe:
+            return self._key
+        if self._inter is None:  # no P-frame seen yet: as big as a keyframe, until one is
+            return self._key
+        return self._inter
+
+    def choose(self, now_s: float, activity: float | None = None, keyframe: bool = True) -> int:
         # 1. Refill for the time since the last frame.
         if self._last_s is not None:
             dt = now_s - self._last_s
@@ -222,17 +233,17 @@ class BudgetRate:
                 # A stall (source hiccup) must not stretch the per-frame share.
                 self.interval += 0.1 * (min(dt, 4 * self.interval) - self.interval)
         self._last_s = now_s
-        if not self._calibrated:
+        if not self._key.calibrated:
             return 0  # fewest bytes until the first frame calibrates the scale
         # 2. Scene activity sets where the balance should sit.
         self._target = self._activity_target(activity)
         # 3. This frame's allowance: its share, plus surplus (or minus debt) paid back.
         share = self.rate_bps * self.interval
         allowance = share + (self.balance - self._target) * self.interval / self.payback_s
-        level = int(np.argmin(np.abs(self.predicted() - allowance)))
+        level = int(np.argmin(np.abs(self.predicted(keyframe) - allowance)))
         return level if self.hint is None else min(level, self.hint)
 
-    def record(self, now_s: float, level: int, nbytes: int) -> None:
+    def record(self, now_s: float, level: int, nbytes: int, keyframe: bool = True) -> None:
         if not 0 <= level < self.num_levels:
             raise ValueError(f"rate level {level} outside 0..{self.num_levels - 1}")
         self.balance -= nbytes
@@ -245,15 +256,11 @@ class BudgetRate:
             self.balance = max(self.balance, -self.depth)
         if level == self.num_levels - 1 or level == self.hint:
             self.balance = min(self.balance, self.depth)
-        error = math.log(max(nbytes, 1) / self.predicted()[level])
-        if not self._calibrated:
-            self._log_scene += error  # the first frame sets the absolute scale
-            self._calibrated = True
-            return
-        # The scene factor follows content within a few frames; the per-level bias is
-        # slow so one odd frame at a rarely used level does not skew it.
-        self._log_scene += 0.3 * error
-        self._log_bias[level] += 0.05 * error
+        if not keyframe and self._inter is None:
+            self._inter = _SizePredictor(self._key.log_bias.copy(), False, self._key.log_scene)
+        predictor = self._predictor(keyframe)
+        error = math.log(max(nbytes, 1) / self.predicted(keyframe)[level])
+        predictor.learn(level, error)
 
     def set_hint(self, level: int | None) -> None:
         if self.follow_hints:
@@ -276,6 +283,25 @@ class BudgetRate:
             return 0.0
         salience = math.log2(act / base)
         return 0.5 * self.depth * max(-1.0, min(1.0, 1.0 - salience))
+
+
+@dataclass
+class _SizePredictor:
+    """log(actual / expected bytes) = scene + bias[level], learned online."""
+
+    log_bias: np.ndarray
+    calibrated: bool
+    log_scene: float = 0.0
+
+    def learn(self, level: int, error: float) -> None:
+        if not self.calibrated:
+            self.log_scene += error  # the first frame sets the absolute scale
+            self.calibrated = True
+            return
+        # The scene factor follows content within a few frames; the per-level bias is
+        # slow so one odd frame at a rarely used level does not skew it.
+        self.log_scene += 0.3 * error
+        self.log_bias[level] += 0.05 * error
 
 
 class FpsCap:

@@ -47,6 +47,18 @@ class EdgeSettings(BaseSettings):
         None, gt=0, description="Bandwidth budget in kbit/s; chooses the level per frame"
     )
     follow_rate_hints: bool = Field(True, description="Honour the cloud's rate hints")
+    keyframe_interval: int = Field(
+        50,
+        ge=1,
+        description="A keyframe every this many encoded frames, P-frames between "
+        "(1: every frame a keyframe, no inter coding)",
+    )
+    skip_threshold: float = Field(
+        6.0,
+        ge=0,
+        description="P-frames: a latent cell whose change is within this many quantizer "
+        "steps² is skipped (copied from the previous frame); 0: code every change",
+    )
 
     # ── uplink ───────────────────────────────────────────────────────────────
     cloud: str = Field("127.0.0.1:50051", description="Cloud gRPC ingest address, host:port")

@@ -207,6 +207,39 @@ class Spool:
         log.error("cloud rejected frame %d: %s; dropping it from the spool", sequence, reason)
         return self._remove(sequence, "rejected")
 
+    def reject_dependents(self, sequence: int, is_keyframe: Callable[[bytes], bool]) -> int:
+        """After ``sequence`` was refused: drop the frames after it up to the next keyframe.
+
+        They are P-frames predicted (through one another) from the refused frame, which
+        the cloud never stored, so it could not decode them: sending them would only get
+        each refused in turn. Returns how many were dropped (reason "rejected")."""
+        dropped = 0
+        with self.changed:
+            after = sequence
+            while True:
+                rows = self._db.execute(
+                    "SELECT sequence, size, bitstream FROM frames WHERE sequence > ? "
+                    "ORDER BY sequence LIMIT 64",
+                    (after,),
+                ).fetchall()
+                victims = []
+                for seq, size, data in rows:
+                    if is_keyframe(bytes(data)):
+                        break
+                    victims.append((int(seq), int(size)))
+                if victims:
+                    marks = ",".join("?" * len(victims))
+                    self._db.execute(
+                        f"DELETE FROM frames WHERE sequence IN ({marks})", [v for v, _ in victims]
+                    )
+                    self._dropped("rejected", len(victims), sum(n for _, n in victims))
+                    dropped += len(victims)
+                if len(victims) < len(rows) or len(rows) < 64:
+                    break
+                after = victims[-1][0]
+            self.changed.notify_all()
+        return dropped
+
     def _remove(self, sequence: int, drop_reason: str | None) -> bool:
         with self.changed:
             row = self._db.execute(

@@ -24,6 +24,7 @@ from typing import cast
 
 import grpc
 
+from codec.bitstream import is_keyframe
 from codec.wire import REJECTED_SEQUENCE_KEY
 from edge.backoff import Backoff
 from edge.spool import Spool
@@ -115,9 +116,18 @@ class Uplink:
         self.max_fps_hint: float | None = None
         """the cloud's backpressure: capture at most this many frames/s (None: no limit)"""
         self.fatal: UplinkError | None = None
+        self._keyframe_requested = threading.Event()
         self._stopping = threading.Event()
         self._call: grpc.RpcContext | None = None
         self._thread: threading.Thread | None = None
+
+    def take_keyframe_request(self) -> bool:
+        """Whether the next frame must be a keyframe (the cloud refused a frame, so the
+        P-frames predicted from it are gone); reading it clears it."""
+        if not self._keyframe_requested.is_set():
+            return False
+        self._keyframe_requested.clear()
+        return True
 
     # ── lifecycle ────────────────────────────────────────────────────────────
     @property
@@ -271,7 +281,16 @@ class Uplink:
             rejected = next((v for k, v in pairs if k == REJECTED_SEQUENCE_KEY), None)
             if rejected is not None:
                 self.stats.rejected += 1
+                # Before the drops: a frame encoded meanwhile would extend the broken chain.
+                self._keyframe_requested.set()
                 self.spool.reject(int(rejected), details)
+                dependents = self.spool.reject_dependents(int(rejected), is_keyframe)
+                if dependents:
+                    self.stats.rejected += dependents
+                    log.error(
+                        "dropped %d P-frames predicted from refused frame %s; the next frame "
+                        "is a keyframe", dependents, rejected,
+                    )  # fmt: skip
                 return
         raise UplinkError(code, details)
 

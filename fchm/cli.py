@@ -286,6 +286,7 @@ def model_eval(
     frames: Annotated[int, typer.Option(help="Consecutive frames per clip of --video")] = 60,
     clips: Annotated[int, typer.Option(help="Clips spread over --video")] = 1,
     gop: Annotated[float, typer.Option(help="Keyframe interval (s) of inter video")] = 10.0,
+    skip_threshold: Annotated[float, typer.Option(help="P-frame skip, symbol steps²")] = 6.0,
     plot: Annotated[Path | None, typer.Option(help="Rate–fidelity plot, .png")] = None,
     compare: Annotated[
         list[Path] | None,
@@ -316,6 +317,7 @@ def model_eval(
                 frames=frames,
                 clips=clips,
                 gop_seconds=gop,
+                skip_threshold=skip_threshold,
                 compare=tuple(compare or ()),
                 weights=weights,
             )

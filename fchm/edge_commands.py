@@ -30,6 +30,10 @@ def edge_run(
     budget_kbps: Annotated[
         float | None, typer.Option(help="Bandwidth budget, kbit/s (picks the level per frame)")
     ] = None,
+    keyframe_interval: Annotated[
+        int | None,
+        typer.Option(help="A keyframe every N frames, P-frames between (1: keyframes only)"),
+    ] = None,
     spool_dir: Annotated[Path | None, typer.Option(help="Durable spool directory")] = None,
 ) -> None:
     """Stream a source to the cloud as compressed detector features.
@@ -63,6 +67,7 @@ def edge_run(
             max_frames=max_frames,
             backend=backend,
             budget_kbps=budget_kbps,
+            keyframe_interval=keyframe_interval,
             spool_dir=spool_dir,
         )
         if settings.log_format == "json":  # the agent's YAML/env may ask for JSON logs

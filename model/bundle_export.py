@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from codec.bundle import Bundle, file_sha256, write_manifest
 from codec.entropy_tables import EntropyTables, quantize_frequencies
 from codec.feature_codec import UniformFeatureCodec
+from codec.inter_frames import build_inter_tables
 from edge.preprocess import letterbox
 from model.detector_split import (
     EncoderHalf,
@@ -200,7 +201,9 @@ def fit_uniform_codec(
             channels, k
         )
     tables = EntropyTables(quantize_frequencies(counts), radius)
-    return UniformFeatureCodec(mean, scale, steps.astype(np.float32), tables)
+    return UniformFeatureCodec(
+        mean, scale, steps.astype(np.float32), tables, build_inter_tables(tables)
+    )
 
 
 class PreviewDecoder(nn.Module):

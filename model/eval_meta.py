@@ -65,6 +65,7 @@ def run_meta(
         "image_codecs": image_codecs(),
         "video_codecs": {n: asdict(VIDEO_CODECS[n]) for n in video_codecs()} if video else {},
         "video_gop_frames": gop if video else None,
+        "feature_inter": _feature_inter(cfg, rows, gop),
         "video_options": "preset medium, tune zerolatency (no B-frames, no lookahead), CRF "
         "sweep; inter: keyframe every --gop seconds; intra: every frame a keyframe",
         "baselines_unavailable": unavailable(),
@@ -92,7 +93,7 @@ def run_meta(
         "edge_encode_over_full_detector": {
             f"{r.codec} {r.setting}": round(r.edge_ms_per_frame / full_ms, 3)
             for r in rows
-            if r.codec in ("fchm", "uniform")
+            if r.codec.removesuffix("-inter") in ("fchm", "uniform")
         },
         "onnxruntime": ort.__version__,
         "encoder_backend": detector.encoder.name,
@@ -106,6 +107,25 @@ def run_meta(
         "pillow": PIL.__version__,
         "pyav": av.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _feature_inter(cfg: EvalConfig, rows: list[EvalRow], gop: int) -> dict[str, Any] | None:
+    """How the ``<family>-inter`` rows were streamed; None when no family was."""
+    inter = sorted({r.codec for r in rows if r.codec.endswith("-inter")})
+    if not inter:
+        return None
+    return {
+        "families": inter,
+        "keyframe_every_frames": gop,
+        "skip_threshold": cfg.skip_threshold,
+        "keyframes": {
+            name: sorted({r.keyframes for r in rows if r.codec == name and r.keyframes is not None})
+            for name in inter
+        },
+        "coding": "per clip and rate level, one stream through the container and the cloud's "
+        "FrameDecoder: the clip's first frame and every keyframe_every_frames-th intra, the "
+        "rest P-frames against the previous frame's decoded latent (closed loop); photos intra",
     }
 
 

@@ -83,11 +83,24 @@ def markdown(result: EvalResult) -> str:
         f"{meta['frames_without_reference_detections']} frames without any.",
         f"Video baselines: {meta['video_options']}; GOP {meta['video_gop_frames']} frames. "
         f"Left out: {meta['baselines_unavailable'] or 'none'}.",
+        *_inter_line(meta.get("feature_inter")),
         f"Edge ms/frame: encoder {t['encoder']}, tail {t['tail']}, full detector "
         f"{t['full_detector_on_edge']}. edge_ms = encoder + quantize + entropy-code + container "
         "(feature codec) or image/stream encode (pixel codecs); decode_ms = cloud-side decode.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _inter_line(inter: dict[str, object] | None) -> list[str]:
+    if not inter:
+        return []
+    families = inter["families"]
+    assert isinstance(families, list)
+    return [
+        f"Feature codec streamed ({', '.join(families)}): P-frames against the previous "
+        f"frame's decoded latent, keyframe every {inter['keyframe_every_frames']} frames, "
+        f"skip threshold {inter['skip_threshold']} symbol steps²; photos stay intra."
+    ]
 
 
 def plot(result: EvalResult, path: Path) -> None:

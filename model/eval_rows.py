@@ -48,6 +48,9 @@ class EvalRow:
     """edge time to produce the bytes (the full detector's time on its row)"""
     decode_ms_per_frame: float | None
     note: str | None = None
+    keyframes: int | None = None
+    """streamed rows (video codecs, ``<family>-inter``): frames sent as keyframes, all
+    clips together; None where every frame is coded on its own"""
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Tally:
     codec: str
     setting: str
     note: str | None = None
+    keyframes: int | None = None
+    """None: per-frame coding; a stream's tally starts at 0 and counts them"""
     ids: list[int] = field(default_factory=list)
     nbytes: list[float] = field(default_factory=list)
     edge_s: list[float] = field(default_factory=list)
@@ -71,6 +76,9 @@ class Tally:
         self.edge_s.append(edge_s)
         self.decode_s.append(decode_s)
         self.detections.append(dets)
+
+    def count_keyframes(self, n: int = 1) -> None:
+        self.keyframes = (self.keyframes or 0) + n
 
 
 def score_row(
@@ -107,6 +115,7 @@ def score_row(
         edge_ms_per_frame=round(1e3 * sum(t.edge_s) / n, 2),
         decode_ms_per_frame=round(1e3 * sum(t.decode_s) / n, 2) if has_bytes else None,
         note=t.note,
+        keyframes=t.keyframes,
     )
 
 

@@ -6,11 +6,15 @@
     EvalFrame ─► FullDetector (letterbox ─► encoder ─► tail) ─► reference detections
              ─► encoder ─► FeatureCodec.compress(level) ─► FrameBitstream ─► bytes
                  bytes ─► FrameDecoder ─► tail                                  (fchm/uniform)
+    clip frames ─► encoder ─► compress(level, reference=previous frame's decoded latent)
+                 ─► FrameBitstream (P-frame: names its reference) ─► bytes
+                 bytes ─► FrameDecoder(reference) ─► tail   keyframe every gop (FeatureStream)
     pixel codecs (model/eval_pixel_codecs.py) code the EvalFrame at its own size; the cloud
     decodes, then letterboxes for the detector, as a user's cloud would.
 
 The feature path is the deployed one (the edge's encoder backend and container, the
-cloud's FrameDecoder and DetectorTail), so any bundle's codec is judged as it runs.
+cloud's FrameDecoder and DetectorTail), so any bundle's codec is judged as it runs; a
+clip is also streamed with P-frames (``FeatureStream``) when the bundle has their tables.
 ``packaged_copies`` flags evaluation images that are the default export's fitting images.
 """
 
@@ -30,9 +34,11 @@ import numpy as np
 
 from cloud.detector_tail import Detection, DetectorTail
 from cloud.frame_decoder import FrameDecoder
-from codec.bitstream import FrameBitstream
+from codec.bitstream import FrameBitstream, FrameReference
 from codec.bundle import Bundle
+from codec.feature_codec import DEFAULT_SKIP_THRESHOLD
 from codec.geometry import Letterbox
+from codec.inter_frames import LatentSymbols
 from edge.encoder_backends import open_backend
 from edge.preprocess import letterbox
 from edge.sources import CapturedFrame, SourceError, SourceStats, open_source
@@ -303,6 +309,23 @@ class Coded:
     detections: list[Detection]
 
 
+@dataclass(frozen=True)
+class StreamCoded(Coded):
+    """One frame of a feature stream: a keyframe or a P-frame, as its container says."""
+
+    keyframe: bool
+    """what the cloud parsed: the container names no reference"""
+
+
+@dataclass(frozen=True)
+class SentFrame:
+    coded: StreamCoded
+    edge_symbols: LatentSymbols
+    """the encoder's reference for the next P-frame"""
+    cloud_symbols: LatentSymbols
+    """what the cloud decoded: its reference for the next P-frame"""
+
+
 class FeaturePath:
     """The bundle's own codec as deployed: compress → container → FrameDecoder → tail."""
 
@@ -314,16 +337,67 @@ class FeaturePath:
         self.scorer = scorer
 
     def __call__(self, edge: EdgeFeatures, level: int) -> Coded:
+        """One intra-coded frame (a keyframe), as every photo is sent."""
+        return self.send(edge, level).coded
+
+    def send(
+        self,
+        edge: EdgeFeatures,
+        level: int,
+        reference: tuple[LatentSymbols, LatentSymbols] | None = None,
+        skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
+    ) -> SentFrame:
+        """One frame edge → bytes → cloud; ``reference``: (the edge's, the cloud's) latent of
+        the previous frame, for a P-frame; None: a keyframe."""
+        edge_ref, cloud_ref = (None, None) if reference is None else reference
         lap = clock()
-        enc = self.codec.compress(edge.features, level)
+        enc = self.codec.compress(edge.features, level, edge_ref, skip_threshold)
+        ref = None if enc.reference_crc is None else FrameReference(1, enc.reference_crc)
         data = FrameBitstream(
             self.codec.codec_id, level, self.bundle.tag, edge.geometry.image_size,
-            enc.latent_shape, enc.payload, enc.symbol_crc,
+            enc.latent_shape, enc.payload, enc.symbol_crc, ref,
         ).to_bytes()  # fmt: skip
         t_code = lap()
         lap = clock()
-        decoded = self.decoder.decode(data)
+        decoded = self.decoder.decode(data, reference=cloud_ref)
         t_dec = lap()
         if decoded.geometry != edge.geometry:
             raise RuntimeError(f"cloud geometry {decoded.geometry} != edge's {edge.geometry}")
-        return Coded(len(data), t_code, t_dec, self.scorer(decoded.features, edge.geometry))
+        if enc.symbols is None or enc.symbols.crc != decoded.symbols.crc:
+            raise RuntimeError("the cloud decoded other symbols than the edge holds as reference")
+        dets = self.scorer(decoded.features, edge.geometry)
+        coded = StreamCoded(len(data), t_code, t_dec, dets, decoded.bitstream.is_keyframe)
+        return SentFrame(coded, enc.symbols, decoded.symbols)
+
+
+class FeatureStream:
+    """The bundle's codec as a camera streams a clip: frame 0 and every ``gop``-th frame a
+    keyframe, the rest P-frames against the previous frame's decoded latent (closed loop:
+    the edge predicts from what the cloud rebuilds), one stream per rate level."""
+
+    def __init__(self, path: FeaturePath, gop: int, skip_threshold: float) -> None:
+        if not path.codec.supports_inter:
+            raise ValueError(f"bundle {path.bundle.path} has no P-frame tables")
+        if gop < 1:
+            raise ValueError(f"gop must be ≥ 1 frame, got {gop}")
+        self.path = path
+        self.gop = gop
+        self.skip_threshold = skip_threshold
+        self._held: dict[int, tuple[int, LatentSymbols, LatentSymbols]] = {}
+        """level → (position, the edge's and the cloud's latent) of the last frame sent"""
+
+    def __call__(self, edge: EdgeFeatures, level: int, position: int) -> StreamCoded:
+        """Frame ``position`` (0: the clip's first) of the clip at ``level``; positions of a
+        level come in order, so every P-frame's reference is the frame just before it."""
+        reference = None
+        if position % self.gop:
+            held = self._held.get(level)
+            if held is None or held[0] != position - 1:
+                raise RuntimeError(
+                    f"level {level}: frame {position} of the clip is a P-frame, but frame "
+                    f"{position - 1} was not sent before it"
+                )
+            reference = held[1], held[2]
+        sent = self.path.send(edge, level, reference, self.skip_threshold)
+        self._held[level] = position, sent.edge_symbols, sent.cloud_symbols
+        return sent.coded

@@ -4,6 +4,8 @@
         │
         ├─► full detector (letterbox ─► encoder ─► tail) ──► reference detections (GT)
         ├─► encoder ─► codec.compress(level) ─► bytes ─► FrameDecoder ─► tail    every level
+        ├─► (video clips) the same, streamed: P-frames against the previous frame's decoded
+        │    latent, a keyframe every gop frames ─► "<family>-inter", every level
         ├─► JPEG / WebP / AVIF (quality sweep) ─► bytes ─► decode ─► letterbox ─► detector
         └─► (video clips) H.264 / H.265, inter and all-intra, per CRF ─► one stream per clip
                                     │
@@ -12,10 +14,12 @@
     per codec:   BD-rate vs JPEG, bytes at equal mAP50                        ─► EvalResult
 
 The row codec is "uniform" for the uniform baseline codec and "fchm" for any other
-(learned) codec, so the same command judges every bundle. Fidelity, rate and timing
-definitions follow DESIGN.md ("Measuring"); scoring lives in model/eval_metrics.py,
-the frames and feature path in model/eval_signals.py, the pixel baselines in
-model/eval_pixel_codecs.py, tables and plots in model/eval_report.py.
+(learned) codec, so the same command judges every bundle; a bundle with P-frame tables
+also gets "fchm-inter" (or "uniform-inter"): its video clips coded as a camera streams
+them, beside H.264/H.265 with the same keyframe interval. Photos are always intra.
+Fidelity, rate and timing definitions follow DESIGN.md ("Measuring"); scoring lives in
+model/eval_metrics.py, the frames and feature path in model/eval_signals.py, the pixel
+baselines in model/eval_pixel_codecs.py, tables and plots in model/eval_report.py.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tqdm import tqdm
 
 from cloud.detector_tail import Detection
 from codec.bundle import Bundle, BundleError
+from codec.feature_codec import DEFAULT_SKIP_THRESHOLD
 from model.eval_meta import run_meta
 from model.eval_metrics import bd_rate, bytes_at
 from model.eval_pixel_codecs import (
@@ -45,6 +50,7 @@ from model.eval_rows import FULL_DETECTOR, EvalRow, Tally, curve, families, scor
 from model.eval_signals import (
     EvalFrame,
     FeaturePath,
+    FeatureStream,
     FullDetector,
     VideoInfo,
     load_images,
@@ -78,7 +84,11 @@ class EvalConfig:
     clips: int = 1
     """clips taken from ``video``, spread evenly, never overlapping"""
     gop_seconds: float = 10.0
-    """keyframe interval of the inter-coded video baselines"""
+    """keyframe interval of the inter-coded video: H.264/H.265 and the feature codec's
+    P-frame stream alike"""
+    skip_threshold: float = DEFAULT_SKIP_THRESHOLD
+    """the feature codec's P-frames skip cells whose residual energy is within this
+    many symbol steps² (codec/inter_frames.py)"""
     qualities: tuple[int, ...] = QUALITIES
     """JPEG, WebP and AVIF quality sweep"""
     crfs: tuple[int, ...] = CRFS
@@ -142,6 +152,8 @@ def check_inputs(cfg: EvalConfig) -> tuple[Bundle, list[Bundle]]:
         raise EvalInputError(f"--clips: must be ≥ 1, got {cfg.clips}")
     if not cfg.gop_seconds > 0:
         raise EvalInputError(f"--gop: must be > 0 seconds, got {cfg.gop_seconds}")
+    if not 0 <= cfg.skip_threshold < float("inf"):
+        raise EvalInputError(f"--skip-threshold: must be ≥ 0 and finite, got {cfg.skip_threshold}")
     if not cfg.qualities or any(not 1 <= q <= 100 for q in cfg.qualities):
         raise EvalInputError(f"qualities: each must be in 1..100, got {cfg.qualities}")
     if cfg.levels is not None and (not cfg.levels or min(cfg.levels) < 0):
@@ -217,6 +229,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             raise EvalInputError(f"--video: {exc}") from None
         frames += sampled
     pixel = image_codecs()
+    # The keyframe interval of every inter-coded stream, in frames at the clips' rate.
+    gop = 1 if video is None else max(1, round(cfg.gop_seconds * video.fps))
+    # A P-frame stream per family whose bundle has the tables, when there are clips.
+    streams = [
+        FeatureStream(path, gop, cfg.skip_threshold)
+        if video is not None and path.codec.supports_inter
+        else None
+        for _, _, path in paths
+    ]
 
     # 2. Warm up ONNX Runtime and the codecs on the first frame, outside every timing.
     detector(frames[0].image, detector.encode(frames[0].image))
@@ -224,11 +245,21 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         edge0 = own.encode(frames[0].image)
         for level in _levels(cfg, path):
             path(edge0, level)
+            if path.codec.supports_inter:  # a P-frame's models too (a stream of its own)
+                warm = FeatureStream(path, 2, cfg.skip_threshold)
+                warm(edge0, level, 0)
+                warm(edge0, level, 1)
     for name in pixel:
         code_image(name, frames[0].image, cfg.qualities[0])
 
-    # 3. Every frame through every per-frame setting: the feature codecs and image codecs.
+    # 3. Every frame through every per-frame setting: the feature codecs and image codecs;
+    # video frames also through each feature codec's P-frame stream, in clip order.
     level_tallies = [_level_tallies(name, path, cfg) for name, _, path in paths]
+    inter_tallies = [
+        [] if feed is None else _inter_tallies(name, path, cfg, gop)
+        for (name, _, path), feed in zip(paths, streams, strict=True)
+    ]
+    position: dict[int, int] = {}  # clip → frames of it seen so far
     images = {(n, q): Tally(n, f"q={q}") for n in pixel for q in cfg.qualities}
     self_check = "sends detections only; mAP: its low-threshold vs reference output (1.0)"
     full = Tally(FULL_DETECTOR, "encoder+tail", self_check)
@@ -241,12 +272,25 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         stage["encoder"].append(det.encoder_s)
         stage["tail"].append(det.tail_s)
         full.add(i, 0, det.encoder_s + det.tail_s, 0.0, det.scored)
-        for (_, own, path), tallies in zip(paths, level_tallies, strict=True):
+        at: int | None = None  # its place in its clip
+        if frame.clip is not None:
+            at = position[frame.clip] = position.get(frame.clip, -1) + 1
+        for (_, own, path), feed, tallies, inter in zip(
+            paths, streams, level_tallies, inter_tallies, strict=True
+        ):
             own_edge = edge if own is detector else own.encode(frame.image)
             for level, tally in zip(_levels(cfg, path), tallies, strict=True):
                 coded = path(own_edge, level)
                 tally.add(i, coded.nbytes, own_edge.encoder_s + coded.encode_s,
                           coded.decode_s, coded.detections)  # fmt: skip
+            if feed is None or at is None:
+                continue  # photos are sent intra; so is every frame of a bundle without P-frames
+            for level, tally in zip(_levels(cfg, path), inter, strict=True):
+                sent = feed(own_edge, level, at)
+                tally.add(i, sent.nbytes, own_edge.encoder_s + sent.encode_s,
+                          sent.decode_s, sent.detections)  # fmt: skip
+                if sent.keyframe:
+                    tally.count_keyframes()
         for (name, q), tally in images.items():
             img = code_image(name, frame.image, q)
             # The cloud decodes, then letterboxes the decoded frame for the detector.
@@ -255,10 +299,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # 4. Video clips as a camera streams them: one stream per clip, codec and CRF, the
     # same frames in the same order for every codec.
     clips: list[Tally] = []
-    gop = 1
     if video is not None:
         rate = Fraction(video.fps).limit_denominator(1000)
-        gop = max(1, round(cfg.gop_seconds * video.fps))
         by_clip: dict[int, list[int]] = {}
         for i, f in enumerate(frames):
             if f.clip is not None:
@@ -269,9 +311,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             note = f"{codec.encoder} medium zerolatency, " + (
                 "all-intra" if codec.intra else f"keyframe every {gop} frames, no B-frames"
             )
-            tally = Tally(name, f"crf={crf}", note)
+            tally = Tally(name, f"crf={crf}", note, keyframes=0)
             for ids in by_clip.values():
                 stream = code_clip(codec, [frames[i].image for i in ids], rate, crf, gop)
+                tally.count_keyframes(stream.keyframes)
                 n = len(ids)
                 for i, image in zip(ids, stream.images, strict=True):
                     tally.add(i, stream.nbytes / n, stream.encode_s / n, stream.decode_s / n,
@@ -280,7 +323,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     # 5. Score every setting against the reference detections.
     pixels = [f.image.shape[0] * f.image.shape[1] for f in frames]
-    tallies = [*(t for ts in level_tallies for t in ts), *images.values(), *clips]
+    features = [t for ts, inter in zip(level_tallies, inter_tallies, strict=True)
+                for t in [*ts, *inter]]  # fmt: skip
+    tallies = [*features, *images.values(), *clips]
     rows = [score_row(t, reference, pixels, cfg.conf, cfg.confident) for t in [*tallies, full]]
 
     # 6. BD-rate against JPEG on the same frames, and bytes at equal mAP50.
@@ -321,9 +366,21 @@ def _levels(cfg: EvalConfig, path: FeaturePath) -> list[int]:
     return list(every) if cfg.levels is None else [lv for lv in cfg.levels if lv in every]
 
 
-def _level_tallies(family: str, path: FeaturePath, cfg: EvalConfig) -> list[Tally]:
+def _step_note(path: FeaturePath, level: int) -> str | None:
     steps = getattr(path.codec, "steps", None)  # the uniform codec's steps, in σ
-    return [
-        Tally(family, f"level {lv}", None if steps is None else f"step {steps[lv]:.3g}σ")
-        for lv in _levels(cfg, path)
-    ]
+    return None if steps is None else f"step {steps[level]:.3g}σ"
+
+
+def _level_tallies(family: str, path: FeaturePath, cfg: EvalConfig) -> list[Tally]:
+    return [Tally(family, f"level {lv}", _step_note(path, lv)) for lv in _levels(cfg, path)]
+
+
+def _inter_tallies(family: str, path: FeaturePath, cfg: EvalConfig, gop: int) -> list[Tally]:
+    """The family's P-frame stream, one row per level: ``<family>-inter``."""
+    how = f"P-frames, keyframe every {gop} frames, skip threshold {cfg.skip_threshold:g}"
+    out = []
+    for lv in _levels(cfg, path):
+        step = _step_note(path, lv)
+        note = how if step is None else f"{how}; {step}"
+        out.append(Tally(f"{family}-inter", f"level {lv}", note, keyframes=0))
+    return out

@@ -30,6 +30,7 @@ from torch import nn
 from codec.bundle import Bundle, file_sha256, write_manifest
 from codec.entropy_tables import EntropyTables, quantize_frequencies
 from codec.feature_codec import GainedFeatureCodec
+from codec.inter_frames import build_inter_tables
 from model.bottleneck import FeatureBottleneck
 from model.bundle_export import (
     OPSET,
@@ -117,7 +118,8 @@ def export_learned_bundle(cfg: LearnedExportConfig) -> Bundle:
 
     # 4. Rate levels: trained anchors plus interpolated gains, tables from the density.
     gains, inverse_gains = bottleneck.level_gains(cfg.sublevels)
-    codec = GainedFeatureCodec(gains, inverse_gains, integer_tables(bottleneck, gains, cfg.radius))
+    tables = integer_tables(bottleneck, gains, cfg.radius)
+    codec = GainedFeatureCodec(gains, inverse_gains, tables, build_inter_tables(tables))
     codec.save(cfg.out / "codec.npz")
 
     # 5. Preview: ridge fit from synthesized features (mid level) to RGB.

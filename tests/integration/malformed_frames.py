@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 
-_IMAGE, _LATENT, _LENGTH, _SYMBOL_CRC, _PAYLOAD = 16, 20, 26, 30, 34
+_IMAGE, _LATENT, _LENGTH, _SYMBOL_CRC, _PAYLOAD = 16, 20, 26, 30, 40  # container v3
 
 
 def reframe(body: bytes) -> bytes:

@@ -1,11 +1,19 @@
 """Encode with ONNX Runtime on the edge path, decode on the cloud path: the quantized
-symbols the cloud recovers are exactly the ones the edge coded, frame after frame."""
+symbols the cloud recovers are exactly the ones the edge coded, frame after frame,
+keyframes and P-frames alike."""
+
+import struct
+import time
+import zlib
 
 import numpy as np
+import pytest
 
-from cloud.frame_decoder import FrameDecoder
+from cloud.frame_decoder import FrameDecoder, MissingReference
+from codec.bitstream import FrameBitstream, FrameReference
 from codec.bundle import Bundle
-from codec.feature_codec import UniformFeatureCodec
+from codec.feature_codec import EncodedFeatures, UniformFeatureCodec
+from codec.inter_frames import LatentSymbols
 from edge.frame_encoder import FrameEncoder
 from edge.sources import open_source
 from tests.conftest import sample_images
@@ -55,3 +63,131 @@ def test_more_levels_cost_more_bytes(tiny_bundle: Bundle) -> None:
     sizes = [len(encoder.encode(frame, level).bitstream) for level in range(encoder.num_levels)]
     assert sizes == sorted(sizes)
     assert sizes[-1] > 2 * sizes[0]
+
+
+KEYFRAME_EVERY = 25
+
+
+def container(bundle: Bundle, codec_id: int, image_size, encoded: EncodedFeatures) -> bytes:  # type: ignore[no-untyped-def]
+    """What the edge sends: the codec's output in a version-3 container (the P-frame's
+    reference is the camera's previous frame)."""
+    ref = encoded.reference_crc
+    return FrameBitstream(
+        codec_id=codec_id,
+        rate_level=encoded.rate_level,
+        bundle_tag=bundle.tag,
+        image_size=image_size,
+        latent_shape=encoded.latent_shape,
+        payload=encoded.payload,
+        symbol_crc=encoded.symbol_crc,
+        reference=None if ref is None else FrameReference(1, ref),
+    ).to_bytes()
+
+
+def test_p_frames_edge_to_cloud_are_bit_exact_over_1000_frames(tiny_bundle: Bundle) -> None:
+    """1,000 frames: 200 real video frames, cycled five times with small perturbations
+    (sensor noise, a brightness step), a keyframe every 25 frames, the level wandering.
+    The edge codes against its own copy of the last decoded latent, the cloud decodes
+    against the previous DecodedFrame's symbols: not one symbol differs."""
+    from edge.preprocess import letterbox
+
+    encoder = FrameEncoder(tiny_bundle)
+    decoder = FrameDecoder(tiny_bundle)
+    edge_codec, info = encoder.codec, tiny_bundle.manifest.detector
+    assert isinstance(edge_codec, UniformFeatureCodec)
+    assert edge_codec is not decoder.codec, "each end loads its own codec"
+    assert edge_codec.supports_inter and decoder.codec.supports_inter
+    video = [f.image for f in frames_of_a_real_video(200, fps=12.0)]
+    assert len(video) == 200
+    rng = np.random.default_rng(0)
+    levels = edge_codec.num_levels
+    level = levels // 2
+    edge_ref: LatentSymbols | None = None
+    cloud_ref: LatentSymbols | None = None
+    mismatches = p_frames = level_changes_in_p = 0
+    sizes: dict[bool, list[int]] = {True: [], False: []}
+    t0 = time.perf_counter()
+    for i in range(1000):
+        cycle = i // len(video)
+        image = video[i % len(video)].astype(np.int16)
+        if cycle:
+            image = image + rng.normal(0, cycle, image.shape).round().astype(np.int16) + 2 * cycle
+        image = np.clip(image, 0, 255).astype(np.uint8)
+        if i % 7 == 0:
+            level = int(np.clip(level + rng.choice([-2, -1, 1, 2]), 0, levels - 1))
+        net_input, geometry = letterbox(image, info.input_size, info.pad_multiple)
+        features = encoder.backend(net_input)
+        reference = None if i % KEYFRAME_EVERY == 0 else edge_ref
+        encoded = edge_codec.compress(features, level, reference=reference)
+        assert encoded.symbols is not None
+        is_p = encoded.reference_crc is not None
+        # Keyframes on schedule; between them a P-frame, or a keyframe where that is
+        # smaller (compress falls back when most cells changed).
+        assert not (is_p and i % KEYFRAME_EVERY == 0), f"frame {i}"
+        if not is_p:  # a keyframe carries exactly what the edge quantized
+            np.testing.assert_array_equal(encoded.symbols.q, edge_codec.quantize(features, level))
+        data = container(tiny_bundle, edge_codec.codec_id, geometry.image_size, encoded)
+
+        decoded = decoder.decode(data, reference=cloud_ref)
+        assert decoded.bitstream.is_keyframe == (not is_p)
+        mismatches += int(np.count_nonzero(decoded.symbols.q != encoded.symbols.q))
+        assert decoded.symbols.crc == encoded.symbols.crc, f"frame {i}"
+        np.testing.assert_array_equal(
+            decoded.features, decoder.codec.dequantize(encoded.symbols.q, level)
+        )
+        p_frames += is_p
+        level_changes_in_p += is_p and edge_ref is not None and edge_ref.rate_level != level
+        sizes[is_p].append(len(data))
+        edge_ref, cloud_ref = encoded.symbols, decoded.symbols
+    elapsed = time.perf_counter() - t0
+    print(
+        f"1000 frames in {elapsed:.1f} s: {p_frames} P-frames of {np.mean(sizes[True]):.0f} B, "
+        f"{1000 - p_frames} keyframes of {np.mean(sizes[False]):.0f} B"
+    )
+    assert mismatches == 0
+    assert p_frames >= 600, f"only {p_frames} P-frames"
+    assert level_changes_in_p >= 50, "P-frames predicted across levels are exercised"
+    assert np.mean(sizes[True]) < 0.8 * np.mean(sizes[False])
+
+
+def test_the_cloud_refuses_a_p_frame_without_its_reference(tiny_bundle: Bundle) -> None:
+    from edge.preprocess import letterbox
+
+    encoder = FrameEncoder(tiny_bundle)
+    decoder = FrameDecoder(tiny_bundle)
+    info = tiny_bundle.manifest.detector
+    images = [f.image for f in frames_of_a_real_video(3)]
+    coded = []
+    reference = None
+    for image in images:
+        net_input, geometry = letterbox(image, info.input_size, info.pad_multiple)
+        encoded = encoder.codec.compress(encoder.backend(net_input), 2, reference=reference)
+        coded.append(container(tiny_bundle, encoder.codec.codec_id, geometry.image_size, encoded))
+        reference = encoded.symbols
+    key = decoder.decode(coded[0])
+    first = decoder.decode(coded[1], reference=key.symbols)
+    assert first.bitstream.reference == FrameReference(1, key.symbols.crc)
+    with pytest.raises(MissingReference, match=f"symbol CRC {key.symbols.crc:08x}.*holds none"):
+        decoder.decode(coded[1])
+    # The frame before last instead of the last: refused, both CRCs named.
+    with pytest.raises(
+        MissingReference,
+        match=f"{first.symbols.crc:08x}; the cloud holds symbol CRC {key.symbols.crc:08x}",
+    ):
+        decoder.decode(coded[2], reference=key.symbols)
+    assert decoder.decode(coded[2], reference=first.symbols).bitstream.reference is not None
+
+
+def test_a_version_2_keyframe_is_still_accepted_at_ingest(tiny_bundle: Bundle) -> None:
+    """An edge agent from before P-frames sends version 2: a keyframe with the symbol CRC."""
+    encoder = FrameEncoder(tiny_bundle)
+    decoder = FrameDecoder(tiny_bundle)
+    frame = next(iter(frames_of_a_real_video(1)))
+    v3 = encoder.encode(frame, 3).bitstream
+    parsed = FrameBitstream.from_bytes(v3)
+    assert parsed.version == 3 and parsed.is_keyframe
+    body = v3[:4] + b"\x02" + v3[5:34] + v3[40:-4]  # drop ref_offset, ref_crc
+    v2 = body + struct.pack("<I", zlib.crc32(body))
+    old = decoder.decode(v2)  # not stored: the ingest path
+    assert old.bitstream.version == 2
+    np.testing.assert_array_equal(old.symbols.q, decoder.decode(v3).symbols.q)

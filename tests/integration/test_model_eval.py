@@ -3,6 +3,7 @@
 bus.jpg, zidane.jpg ──────────────────┐
 demo.mp4 (3 consecutive frames, 5 fps) ┴─► python -m fchm model eval ─► OUT.json (rows, meta)
                                                    └► OUT.png (rate–fidelity plot)
+a still camera's clip (5 frames) ─► evaluate(): the codec's P-frame stream ("uniform-inter")
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -78,6 +81,16 @@ def test_rows_cover_every_codec_setting_with_the_required_fields(
     assert set(video_codecs()) >= {"h264", "h264-intra"}
     for codec in video_codecs():
         assert [r["setting"] for r in by_codec[codec]] == [f"crf={c}" for c in CRFS]
+    # The bundle's codec streams the clip too, with P-frames, every level: "uniform-inter".
+    assert tiny_bundle.load_codec().supports_inter
+    inter = by_codec["uniform-inter"]
+    assert [r["setting"] for r in inter] == [f"level {i}" for i in range(levels)]
+    assert {(r["frames"], r["frame_set"]) for r in inter} == {(3, "video")}
+    assert all("keyframe every 50 frames, skip threshold 6" in r["note"] for r in inter)
+    # One clip of 3 frames, GOP 50: one keyframe, in the feature stream as in H.264's.
+    assert {r["keyframes"] for r in inter + by_codec["h264"]} == {1}
+    assert {r["keyframes"] for r in by_codec["h264-intra"]} == {3}
+    assert {r["keyframes"] for r in by_codec["uniform"] + by_codec["jpeg"]} == {None}
     # 2 images + 3 video frames; the video codecs code only the clip, as one stream.
     assert {r["frames"] for r in by_codec["uniform"] + by_codec["jpeg"]} == {5}
     assert {(r["frames"], r["frame_set"]) for r in by_codec["h264"]} == {(3, "video")}
@@ -111,9 +124,8 @@ def test_rows_cover_every_codec_setting_with_the_required_fields(
 
 def test_bd_rates_and_meta(eval_run: tuple[dict, Path]) -> None:  # type: ignore[type-arg]
     result, _ = eval_run
-    assert set(result["bd_rate_vs_jpeg"]) == {"uniform", *image_codecs(), *video_codecs()} - {
-        "jpeg"
-    }
+    codecs = {"uniform", "uniform-inter", *image_codecs(), *video_codecs()}
+    assert set(result["bd_rate_vs_jpeg"]) == codecs - {"jpeg"}
     for name, value in result["bd_rate_vs_jpeg"].items():
         detail = result["bd_rate_details"][name]
         assert detail["bd_rate"] == value
@@ -127,11 +139,15 @@ def test_bd_rates_and_meta(eval_run: tuple[dict, Path]) -> None:  # type: ignore
     (clip,) = video["clips"]
     assert len(clip) == 3 and clip == sorted(clip)
     assert meta["video_gop_frames"] == 50  # 10 s at 5 fps
+    assert meta["feature_inter"]["families"] == ["uniform-inter"]
+    assert meta["feature_inter"]["keyframe_every_frames"] == 50
+    assert meta["feature_inter"]["keyframes"] == {"uniform-inter": [1]}
     assert "176x144" in meta["coded_sizes"]  # the video is coded at its own size
     equal = meta["bytes_at_equal_map50"]
     assert set(equal) == {f"{m}>={t}" for m in ("map50", "map50_confident")
                           for t in (0.5, 0.9, 0.95)}  # fmt: skip
     for by_codec in equal.values():
+        assert "uniform-inter" in by_codec
         for v in by_codec.values():
             assert set(v) == {"bytes_per_frame", "bound"}
     # bus.jpg and zidane.jpg ship with ultralytics: the default export fits on them.
@@ -171,6 +187,7 @@ def test_bad_inputs_are_named(cli: CliRunner, tiny_bundle: Bundle, tmp_path: Pat
         "--fps": [*base, "--images", str(images), "--fps", "0"],
         "--clips": [*base, "--images", str(images), "--clips", "0"],
         "--gop": [*base, "--images", str(images), "--gop", "-1"],
+        "--skip-threshold": [*base, "--images", str(images), "--skip-threshold", "-1"],
         "--bundle": ["model", "eval", "--bundle", str(tmp_path), *out, "--images", str(images)],
         "--plot": [*base, "--images", str(images), "--plot", str(tmp_path / "p.jpg")],
     }
@@ -206,3 +223,71 @@ def test_compare_runs_a_second_bundles_codec_on_the_same_frames(
         by_codec[("fchm", "level 1")].bytes_per_frame
         != by_codec[("uniform", "level 1")].bytes_per_frame
     )
+
+
+def still_camera_clip(path: Path, frames: int) -> Path:
+    """bus.jpg held still at 5 fps with a little sensor noise per frame (MJPEG): what a
+    fixed camera sends when nothing moves."""
+    image = cv2.resize(cv2.imread(str(sample_images()[0])), (320, 432))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (320, 432))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        noise = rng.normal(0.0, 2.0, image.shape)
+        writer.write(np.clip(image + noise, 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def test_the_codecs_p_frame_stream_codes_a_still_clip_in_fewer_bytes(
+    tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    from model.evaluate import EvalConfig, evaluate
+
+    clip = still_camera_clip(tmp_path / "still.avi", 5)
+    levels = tiny_bundle.manifest.num_levels
+    result = evaluate(
+        EvalConfig(
+            bundle=tiny_bundle.path, video=clip, fps=5, frames=5, gop_seconds=0.4,
+            qualities=(50,), crfs=(28,), progress=False,
+        )
+    )  # fmt: skip
+    rows = {(r.codec, r.setting): r for r in result.rows}
+    for lv in range(levels):
+        intra, inter = rows[("uniform", f"level {lv}")], rows[("uniform-inter", f"level {lv}")]
+        assert intra.frames == inter.frames == 5
+        # GOP 0.4 s at 5 fps = 2 frames: keyframes at 0, 2 and 4, P-frames at 1 and 3.
+        assert (intra.keyframes, inter.keyframes) == (None, 3)
+        assert inter.note is not None and "keyframe every 2 frames" in inter.note
+        # Nothing moves: the P-frames cost less than coding those frames intra.
+        assert inter.bytes_per_frame is not None and intra.bytes_per_frame is not None
+        assert inter.bytes_per_frame < intra.bytes_per_frame, lv
+        # Decoded and detected on: the finest level agrees with the uncoded detector.
+        assert inter.decode_ms_per_frame is not None and inter.edge_ms_per_frame > 0
+    finest = rows[("uniform-inter", f"level {levels - 1}")]
+    assert finest.map50 is not None and finest.map50 >= 0.9
+    assert rows[("h264", "crf=28")].keyframes == 3  # the same GOP as the baselines'
+    assert result.meta["feature_inter"]["keyframes"] == {"uniform-inter": [3]}
+    assert "uniform-inter" in result.meta["bytes_at_equal_map50"]["map50>=0.9"]
+    assert "uniform-inter" in result.bd_rate_vs_jpeg
+
+
+def test_feature_stream_keyframes_are_the_intra_frames_and_p_frames_need_their_reference(
+    tiny_bundle: Bundle,
+) -> None:
+    from model.eval_signals import FeaturePath, FeatureStream, FullDetector
+
+    detector = FullDetector(tiny_bundle, 0.25, 0.001, 1)
+    path = FeaturePath(tiny_bundle, detector.scorer)
+    edges = [detector.encode(cv2.imread(str(p))) for p in sample_images()[:2]]
+    level = tiny_bundle.manifest.num_levels - 1
+    every = FeatureStream(path, 1, 6.0)  # GOP 1: every frame a keyframe, as intra
+    for k, edge in enumerate(edges):
+        sent = every(edge, level, k)
+        assert sent.keyframe and sent.nbytes == path(edge, level).nbytes
+    stream = FeatureStream(path, 10, 6.0)
+    assert stream(edges[0], level, 0).keyframe
+    same = stream(edges[0], level, 1)  # the same latent again: every cell skipped
+    assert not same.keyframe and same.nbytes < path(edges[0], level).nbytes
+    with pytest.raises(RuntimeError, match="frame 2 was not sent"):
+        stream(edges[0], level, 3)

@@ -4,7 +4,14 @@ import zlib
 import numpy as np
 import pytest
 
-from codec.bitstream import OVERHEAD_BYTES, VERSION, BitstreamError, FrameBitstream
+from codec.bitstream import (
+    CHECKED_VERSIONS,
+    OVERHEAD_BYTES,
+    VERSION,
+    BitstreamError,
+    FrameBitstream,
+    FrameReference,
+)
 from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
 from codec.feature_codec import EncodedFeatures, UniformFeatureCodec
 
@@ -13,7 +20,9 @@ def recrc(data: bytes) -> bytes:
     return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
 
 
-def make(payload: bytes = b"\x01\x02\x03\x04") -> FrameBitstream:
+def make(
+    payload: bytes = b"\x01\x02\x03\x04", reference: FrameReference | None = None
+) -> FrameBitstream:
     return FrameBitstream(
         codec_id=0,
         rate_level=3,
@@ -22,15 +31,32 @@ def make(payload: bytes = b"\x01\x02\x03\x04") -> FrameBitstream:
         latent_shape=(128, 48, 80),
         payload=payload,
         symbol_crc=0xDEADBEEF,
+        reference=reference,
     )
 
 
-def test_round_trip_keeps_every_field() -> None:
-    frame = make()
+@pytest.mark.parametrize(
+    "reference", [None, FrameReference(1, 0x01234567), FrameReference(65535, 0xFFFFFFFF)]
+)
+def test_round_trip_keeps_every_field(reference: FrameReference | None) -> None:
+    frame = make(reference=reference)
     data = frame.to_bytes()
-    assert len(data) == OVERHEAD_BYTES + 4 == 42
-    assert FrameBitstream.from_bytes(data) == frame
-    assert frame.version == VERSION == 2
+    assert len(data) == OVERHEAD_BYTES + 4 == 48
+    parsed = FrameBitstream.from_bytes(data)
+    assert parsed == frame
+    assert parsed.version == frame.version == VERSION == 3
+    assert parsed.reference == reference and parsed.is_keyframe == (reference is None)
+
+
+def test_version_3_layout_byte_for_byte() -> None:
+    """The reference fields sit after symbol_crc: ref_offset u16, ref_crc u32."""
+    data = make(reference=FrameReference(2, 0xCAFEF00D)).to_bytes()
+    assert data[:8] == b"FCHM\x03\x00\x03\x00"
+    assert struct.unpack_from("<IIHI", data, 26) == (4, 0xDEADBEEF, 2, 0xCAFEF00D)
+    assert data[40:44] == b"\x01\x02\x03\x04"
+    assert struct.unpack_from("<I", data, 44)[0] == zlib.crc32(data[:44])
+    keyframe = make().to_bytes()
+    assert struct.unpack_from("<HI", keyframe, 34) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +66,7 @@ def test_round_trip_keeps_every_field() -> None:
         (lambda d: d[:4] + b"\x09" + d[5:], "unsupported container version 9"),
         (lambda d: d[:-1], "payload length field"),
         (lambda d: d[:-6] + bytes([d[-6] ^ 0xFF]) + d[-5:], "checksum mismatch"),
-        (lambda d: d[:10], "shorter than the 38-byte framing"),
+        (lambda d: d[:10], "shorter than the 44-byte framing of version 3"),
         (lambda d: d[:3], "too short"),
         (lambda d: recrc(d[:7] + b"\x04" + d[8:]), "flags 0x04 set"),
     ],
@@ -61,19 +87,79 @@ def test_only_the_current_version_is_written() -> None:
         FrameBitstream(0, 0, bytes(8), (1, 1), (1, 1, 1), b"", None).to_bytes()
 
 
-def version_1(frame: FrameBitstream) -> bytes:
-    """The version-1 layout byte for byte: no symbol CRC, 34 bytes of framing."""
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        (FrameReference(0, 0x1234), "reference .* needs 1 ≤ offset < 65536"),
+        (FrameReference(65536, 0x1234), "reference .* needs 1 ≤ offset < 65536"),
+        (FrameReference(-1, 0x1234), "reference .* needs 1 ≤ offset"),
+        (FrameReference(1, 2**32), "and a CRC-32"),
+        (FrameReference(1, -1), "and a CRC-32"),
+    ],
+)
+def test_bad_references_are_not_written(reference: FrameReference, message: str) -> None:
+    with pytest.raises(BitstreamError, match=message):
+        make(reference=reference).to_bytes()
+
+
+def test_a_reference_crc_on_a_keyframe_is_refused_by_name() -> None:
+    body = bytearray(make().to_bytes()[:-4])
+    struct.pack_into("<HI", body, 34, 0, 0xBADC0DE)
+    with pytest.raises(
+        BitstreamError, match="ref_crc 0badc0de set on a keyframe \\(ref_offset 0\\)"
+    ):
+        FrameBitstream.from_bytes(recrc(bytes(body) + bytes(4)))
+    # A P-frame may reference a frame whose symbols have CRC 0.
+    struct.pack_into("<HI", body, 34, 1, 0)
+    parsed = FrameBitstream.from_bytes(recrc(bytes(body) + bytes(4)))
+    assert parsed.reference == FrameReference(1, 0) and not parsed.is_keyframe
+
+
+def older_layout(frame: FrameBitstream, version: int) -> bytes:
+    """Version 2 (symbol CRC, no reference, 38 bytes of framing) or version 1 (no symbol
+    CRC either, 34 bytes), byte for byte."""
+    fields = [len(frame.payload), frame.symbol_crc][:version]
     header = struct.pack(
-        "<4sBBBB8sHHHHHI", b"FCHM", 1, frame.codec_id, frame.rate_level, 0, frame.bundle_tag,
-        *frame.image_size, *frame.latent_shape, len(frame.payload),
+        "<4sBBBB8sHHHHH" + "I" * version, b"FCHM", version, frame.codec_id, frame.rate_level,
+        0, frame.bundle_tag, *frame.image_size, *frame.latent_shape, *fields,
     )  # fmt: skip
     body = header + frame.payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def version_2(frame: FrameBitstream) -> bytes:
+    return older_layout(frame, 2)
+
+
+def test_version_2_bitstreams_still_parse_as_keyframes() -> None:
+    data = version_2(make())
+    assert len(data) == 38 + 4
+    old = FrameBitstream.from_bytes(data)
+    assert (old.version, old.symbol_crc, old.reference, old.is_keyframe) == (
+        2, 0xDEADBEEF, None, True,
+    )  # fmt: skip
+    assert old.version in CHECKED_VERSIONS
+    assert old.payload == make().payload and old.latent_shape == make().latent_shape
+    assert old.image_size == make().image_size and old.bundle_tag == make().bundle_tag
+    # Re-written, it becomes version 3 with the same fields.
+    again = FrameBitstream.from_bytes(old.to_bytes())
+    assert again.version == 3 and again == make()
+    with pytest.raises(BitstreamError, match="shorter than the 38-byte framing of version 2"):
+        FrameBitstream.from_bytes(data[:37])
+    with pytest.raises(BitstreamError, match="payload length field"):
+        FrameBitstream.from_bytes(data[:-1])
+    with pytest.raises(BitstreamError, match="checksum mismatch"):
+        FrameBitstream.from_bytes(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+
+
+def version_1(frame: FrameBitstream) -> bytes:
+    return older_layout(frame, 1)
+
+
 def test_version_1_bitstreams_still_parse_without_a_symbol_check() -> None:
     old = FrameBitstream.from_bytes(version_1(make()))
-    assert (old.version, old.symbol_crc) == (1, None)
+    assert (old.version, old.symbol_crc, old.reference) == (1, None, None)
+    assert old.version not in CHECKED_VERSIONS
     assert old.payload == make().payload and old.latent_shape == make().latent_shape
 
 

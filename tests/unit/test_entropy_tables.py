@@ -70,3 +70,47 @@ def test_golden_payload_pins_the_coder() -> None:
         "b19c5f74b0ab847e1af52645918e520b8eedaf3439d30bab06e28e1319f4e6e1"
     )
     assert np.array_equal(tables.decode(payload, 1, q.shape), q)
+
+
+def test_inter_tables_are_normalized_laplacians_rooted_at_each_channels_spread() -> None:
+    from codec.inter_frames import BASE_FRACTION, LADDER, build_inter_tables
+
+    intra = laplace_tables(levels=3, channels=4, radius=7)
+    inter = build_inter_tables(intra)
+    assert inter.radius == intra.radius
+    assert inter.freqs.shape == (len(LADDER), 2 * 7 + 2) and inter.freqs.dtype == np.uint32
+    assert np.all(inter.freqs.astype(np.int64).sum(-1) == 1 << PRECISION)
+    assert inter.freqs.min() >= 1
+    # Symmetric about 0 up to integer rounding, peaked at 0; wider rungs escape more.
+    body = inter.freqs[:, :-1].astype(np.int64)
+    assert np.all(np.abs(body - body[:, ::-1]) <= 1)
+    assert np.all(body.argmax(-1) == 7)
+    assert np.all(np.diff(inter.freqs[:, -1].astype(np.int64)) >= 0)
+    assert inter.freqs[0, 7] > 0.99 * (1 << PRECISION) and inter.freqs[-1, -1] > 1 << 14
+    # Base rungs: channels spread 1..4 (laplace_tables), so the rungs rise with the channel.
+    assert inter.base.shape == (3, 4) and inter.base.dtype == np.uint8
+    assert np.all(np.diff(inter.base.astype(int), axis=1) >= 0)
+    assert inter.base[0, -1] > inter.base[0, 0]
+    probs = intra.freqs[0, 0, :-1] / intra.freqs[0, 0, :-1].sum()
+    values = np.arange(-7, 8)
+    spread = np.sqrt((probs * values**2).sum())
+    nearest = int(np.abs(np.log(LADDER) - np.log(spread * BASE_FRACTION)).argmin())
+    assert inter.base[0, 0] == nearest
+
+
+def test_golden_p_frame_payload_pins_the_inter_coder() -> None:
+    """As the intra golden above, for P-frames: same residual, skips and tables, same bytes."""
+    import hashlib
+
+    from codec.inter_frames import build_inter_tables, decode_residual, encode_residual
+
+    inter = build_inter_tables(laplace_tables(levels=2, channels=4, radius=7))
+    rng = np.random.default_rng(321)
+    residual = rng.laplace(0, 1.0, size=(4, 16, 16)).round().astype(np.int32)
+    residual[1, 3, 3] = -400  # one escape
+    skip = (residual.astype(np.int64) ** 2).sum(0) <= 2
+    payload, coded = encode_residual(inter, 1, residual, skip)
+    assert hashlib.sha256(payload).hexdigest() == (
+        "403cf57ba1b472ad74f40add4635c127106babbe30d109c859b5a0067a4ac5df"
+    )
+    assert np.array_equal(decode_residual(inter, 1, payload, residual.shape), coded)

@@ -1,0 +1,470 @@
+"""P-frames: residuals against the last decoded latent, per-cell skips, bit-exact decoding.
+
+Small real codecs (integer tables from discretized Laplacians, inter tables from
+build_inter_tables); every payload here is coded and decoded by constriction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from codec.entropy_tables import EntropyCodingError, EntropyTables, quantize_frequencies, symbol_crc
+from codec.feature_codec import (
+    DEFAULT_SKIP_THRESHOLD,
+    EncodedFeatures,
+    GainedFeatureCodec,
+    UniformFeatureCodec,
+)
+from codec.inter_frames import (
+    LADDER,
+    InterTables,
+    LatentSymbols,
+    build_inter_tables,
+    decode_residual,
+    encode_residual,
+    skip_map,
+)
+
+SHAPE = (6, 8, 10)
+LEVELS = 4
+
+
+def laplace_tables(spreads: np.ndarray, radius: int = 15) -> EntropyTables:
+    """Integer tables for (levels, channels) Laplacians of these spreads, escape last."""
+    values = np.arange(-radius, radius + 1)
+    counts = np.exp(-np.abs(values) / spreads[..., None])
+    escape = np.full((*spreads.shape, 1), 1e-3)
+    return EntropyTables(quantize_frequencies(np.concatenate([counts, escape], -1)), radius)
+
+
+def gained_codec(inter: bool = True) -> GainedFeatureCodec:
+    c = SHAPE[0]
+    gains = ((2.0 ** np.arange(LEVELS))[:, None] * np.linspace(0.5, 2.0, c)[None]).astype(
+        np.float32
+    )
+    tables = laplace_tables(gains.astype(np.float64))  # latent of unit spread
+    return GainedFeatureCodec(
+        gains,
+        (1.0 / gains).astype(np.float32),
+        tables,
+        build_inter_tables(tables) if inter else None,
+    )
+
+
+def uniform_codec(inter: bool = True) -> UniformFeatureCodec:
+    c = SHAPE[0]
+    steps = np.array([1.0, 0.5, 0.25, 0.125], np.float32)
+    spreads = np.broadcast_to((1.0 / steps)[:, None], (LEVELS, c)).astype(np.float64)
+    tables = laplace_tables(spreads)
+    return UniformFeatureCodec(
+        mean=np.linspace(-1.0, 1.0, c).astype(np.float32),
+        scale=np.linspace(0.5, 3.0, c).astype(np.float32),
+        steps=steps,
+        tables=tables,
+        inter=build_inter_tables(tables) if inter else None,
+    )
+
+
+Codec = GainedFeatureCodec | UniformFeatureCodec
+CODECS: dict[str, Callable[..., Codec]] = {"gained": gained_codec, "uniform": uniform_codec}
+
+
+def features_of(codec: Codec, q: np.ndarray, level: int) -> np.ndarray:
+    """Features that quantize to exactly ``q`` at ``level``."""
+    y = codec.dequantize(q, level).astype(np.float32)
+    assert np.array_equal(codec.quantize(y, level), q)
+    return y
+
+
+def video(codec: Codec, frames: int, seed: int = 0) -> list[np.ndarray]:
+    """A latent that drifts: most cells keep still, a moving blob and sensor noise."""
+    rng = np.random.default_rng(seed)
+    c, h, w = SHAPE
+    base = rng.normal(0, 1, SHAPE)
+    if isinstance(codec, UniformFeatureCodec):
+        base = base * codec.scale[:, None, None] + codec.mean[:, None, None]
+        unit = codec.scale[:, None, None]
+    else:
+        unit = np.ones((c, 1, 1))
+    out = []
+    for t in range(frames):
+        y = base + 0.02 * unit * rng.normal(0, 1, SHAPE)
+        i, j = t % (h - 2), (2 * t) % (w - 3)
+        y[:, i : i + 2, j : j + 3] += 1.5 * unit[:, :, 0:1] * rng.normal(0, 1, (c, 2, 3))
+        out.append(y.astype(np.float32))
+    return out
+
+
+def decode(
+    codec: Codec, encoded: EncodedFeatures, reference: LatentSymbols | None
+) -> LatentSymbols:
+    """What the cloud sees: only the wire fields (no encoder-side ``.symbols``)."""
+    wire = EncodedFeatures(
+        encoded.rate_level,
+        encoded.latent_shape,
+        encoded.payload,
+        encoded.symbol_crc,
+        encoded.reference_crc,
+    )
+    return codec.decompress_symbols(wire, reference)
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_identical_frame_skips_every_cell_in_a_few_bytes(kind: str) -> None:
+    codec = CODECS[kind]()
+    y = video(codec, 1)[0]
+    key = codec.compress(y, 2)
+    assert key.reference_crc is None and key.symbols is not None
+    p = codec.compress(y, 2, reference=key.symbols)
+    assert p.reference_crc == key.symbols.crc == key.symbol_crc
+    # Header (offset i8, P(skip) u16) and one or two ANS words: no cell is coded.
+    assert len(p.payload) <= 3 + 8, len(p.payload)
+    assert len(key.payload) > 20 * len(p.payload)
+    residual = decode_residual(codec.inter, 2, p.payload, SHAPE)  # type: ignore[arg-type]
+    assert not residual.any()
+    got = decode(codec, p, key.symbols)
+    assert np.array_equal(got.q, key.symbols.q) and got.crc == key.symbols.crc
+
+
+def test_a_changed_region_replenishes_only_its_cells() -> None:
+    codec = gained_codec()
+    level = 2
+    rng = np.random.default_rng(1)
+    q0 = rng.integers(-6, 7, SHAPE).astype(np.int32)
+    key = codec.compress(features_of(codec, q0, level), level)
+    q1 = q0.copy()
+    q1[:, 2:4, 3:6] += rng.choice([-5, -3, 3, 5], (SHAPE[0], 2, 3)).astype(np.int32)  # moved
+    q1[0, 6, 1] += 1  # one step in one channel elsewhere: energy 1, within the threshold
+    q1[1, 0, 9] -= 2  # energy 4: still skipped
+    assert DEFAULT_SKIP_THRESHOLD >= 4
+    assert key.symbols is not None
+    p = codec.compress(features_of(codec, q1, level), level, reference=key.symbols)
+
+    residual = decode_residual(codec.inter, level, p.payload, SHAPE)  # type: ignore[arg-type]
+    replenished = residual.any(axis=0)
+    region = np.zeros(SHAPE[1:], bool)
+    region[2:4, 3:6] = True
+    assert np.array_equal(replenished, region)
+    assert np.array_equal(~replenished, skip_map(q1 - q0, DEFAULT_SKIP_THRESHOLD))
+
+    got = decode(codec, p, key.symbols)
+    assert p.symbols is not None and np.array_equal(got.q, p.symbols.q)
+    np.testing.assert_array_equal(got.q[:, region], q1[:, region])  # replenished: exact
+    np.testing.assert_array_equal(got.q[:, ~region], q0[:, ~region])  # skipped: the reference
+    assert (got.q[0, 6, 1], got.q[1, 0, 9]) == (q0[0, 6, 1], q0[1, 0, 9])
+    assert len(p.payload) < len(key.payload) / 3
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_decoded_symbols_are_the_encoders_reference_frame_after_frame(kind: str) -> None:
+    codec = CODECS[kind]()
+    levels = [1, 1, 1, 2, 2, 3, 3, 3, 0, 0, 2, 1, 3, 3, 3, 3, 0, 1, 2, 2]
+    edge_ref: LatentSymbols | None = None
+    cloud_ref: LatentSymbols | None = None
+    p_frames = skipped = 0
+    for t, (y, level) in enumerate(zip(video(codec, len(levels)), levels, strict=True)):
+        enc = codec.compress(y, level, reference=None if t % 10 == 0 else edge_ref)
+        got = decode(codec, enc, cloud_ref)
+        assert enc.symbols is not None
+        assert got.rate_level == enc.symbols.rate_level == level
+        assert np.array_equal(got.q, enc.symbols.q), f"frame {t}"
+        assert got.q.dtype == np.int32 and got.crc == enc.symbols.crc == enc.symbol_crc
+        assert enc.symbol_crc == symbol_crc(enc.symbols.q)
+        p_frames += enc.reference_crc is not None
+        skipped += int((got.q != codec.quantize(y, level)).any(axis=0).sum())
+        edge_ref, cloud_ref = enc.symbols, got
+    assert p_frames == len(levels) - 2
+    assert skipped > 0, "small changes are skipped, not replenished"
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+@pytest.mark.parametrize(("ref_level", "level"), [(1, 3), (3, 0), (0, 1), (2, 2)])
+def test_level_change_predicts_the_reference_on_the_new_grid(
+    kind: str, ref_level: int, level: int
+) -> None:
+    codec = CODECS[kind]()
+    y0, y1 = video(codec, 2, seed=3)
+    key = codec.compress(y0, ref_level)
+    assert key.symbols is not None
+    prediction = codec.predict(key.symbols, level)
+    assert prediction.dtype == np.int32 and prediction.shape == SHAPE
+    expected = codec.quantize(codec.dequantize(key.symbols.q, ref_level), level)
+    np.testing.assert_array_equal(prediction, expected)
+    for threshold in (0.0, DEFAULT_SKIP_THRESHOLD):
+        p = codec.compress(y1, level, reference=key.symbols, skip_threshold=threshold)
+        assert p.rate_level == level and p.reference_crc == key.symbols.crc
+        got = decode(codec, p, key.symbols)
+        assert p.symbols is not None and np.array_equal(got.q, p.symbols.q)
+        if threshold == 0:
+            np.testing.assert_array_equal(got.q, codec.quantize(y1, level))
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_skip_threshold_zero_is_lossless_against_quantize(kind: str) -> None:
+    codec = CODECS[kind]()
+    ref: LatentSymbols | None = None
+    for t, y in enumerate(video(codec, 12, seed=5)):
+        level = t % LEVELS
+        enc = codec.compress(y, level, reference=ref, skip_threshold=0.0)
+        got = decode(codec, enc, ref)
+        np.testing.assert_array_equal(got.q, codec.quantize(y, level))
+        ref = got
+
+
+def test_a_wrong_or_missing_reference_is_refused_naming_both_crcs() -> None:
+    codec = gained_codec()
+    y0, y1 = video(codec, 2)
+    key = codec.compress(y0, 1)
+    other = codec.compress(y0 + 1.0, 1)
+    assert key.symbols is not None and other.symbols is not None
+    assert key.symbols.crc != other.symbols.crc
+    p = codec.compress(y1, 1, reference=key.symbols)
+    with pytest.raises(EntropyCodingError, match=f"{key.symbols.crc:08x}.*{other.symbols.crc:08x}"):
+        decode(codec, p, other.symbols)
+    with pytest.raises(EntropyCodingError, match=f"{key.symbols.crc:08x}.* is none"):
+        decode(codec, p, None)
+    # Same CRC, other shape: refused by name too (a forged reference).
+    wrong_shape = LatentSymbols(1, np.zeros((6, 4, 4), np.int32), key.symbols.crc)
+    with pytest.raises(EntropyCodingError, match=r"differs from its reference's \(6, 4, 4\)"):
+        decode(codec, p, wrong_shape)
+
+
+def test_a_reference_of_another_shape_gives_a_keyframe() -> None:
+    """A resolution change on the edge: the old latent cannot predict the new one."""
+    codec = gained_codec()
+    y = video(codec, 1)[0]
+    small = codec.compress(y[:, :4, :5], 1)
+    assert small.symbols is not None
+    enc = codec.compress(y, 1, reference=small.symbols)
+    assert enc.reference_crc is None
+    assert np.array_equal(decode(codec, enc, None).q, codec.quantize(y, 1))
+
+
+def test_huge_residuals_escape_and_round_trip() -> None:
+    codec = gained_codec()
+    level = 1
+    q0 = np.zeros(SHAPE, np.int32)
+    q0[2, 3, 3] = -50_000
+    key = codec.compress(features_of(codec, q0, level), level)
+    q1 = q0.copy()
+    q1[0, 0, 0] = 16  # just past the radius (15)
+    q1[1, 4, 4] = -1000
+    q1[2, 3, 3] = 70_000  # residual 120,000
+    q1[3, 7, 9] = 1 << 20
+    q1[4, 5, 0] = -(1 << 20)
+    assert key.symbols is not None
+    p = codec.compress(features_of(codec, q1, level), level, reference=key.symbols)
+    got = decode(codec, p, key.symbols)
+    np.testing.assert_array_equal(got.q, q1)
+    assert p.symbols is not None and got.crc == p.symbols.crc
+
+    # The coder itself, at the ends of the 32-bit escape range.
+    inter = codec.inter
+    assert inter is not None
+    residual = np.zeros(SHAPE, np.int32)
+    residual[0, 0, 0] = 2**31 - 1
+    residual[5, 7, 9] = -(2**31) + 1
+    residual[3, 1, 1] = inter.radius + 1
+    residual[3, 1, 2] = -inter.radius - 1
+    skip = np.zeros(SHAPE[1:], bool)
+    skip[4:, :] = True
+    payload, coded = encode_residual(inter, level, residual, skip)
+    np.testing.assert_array_equal(coded, np.where(skip[None], 0, residual))
+    np.testing.assert_array_equal(decode_residual(inter, level, payload, SHAPE), coded)
+
+
+def test_every_offset_on_the_ladder_decodes() -> None:
+    """The encoder picks the cheapest scale; small and large residuals pick the ends."""
+    inter = gained_codec().inter
+    assert inter is not None
+    rng = np.random.default_rng(7)
+    offsets = set()
+    for spread in (0.01, 0.3, 3.0, 30.0):
+        residual = rng.laplace(0, spread, SHAPE).round().astype(np.int32)
+        residual[0, 0, 0] = 1  # never all zero
+        skip = np.zeros(SHAPE[1:], bool)
+        payload, coded = encode_residual(inter, 2, residual, skip)
+        offsets.add(int(np.frombuffer(payload[:1], np.int8)[0]))
+        np.testing.assert_array_equal(decode_residual(inter, 2, payload, SHAPE), coded)
+    assert len(offsets) >= 3, offsets
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_a_codec_without_inter_tables_refuses_p_frames_clearly(kind: str) -> None:
+    with_inter, without = CODECS[kind](), CODECS[kind](inter=False)
+    assert with_inter.supports_inter and not without.supports_inter
+    y0, y1 = video(without, 2)
+    key = without.compress(y0, 1)  # keyframes still work
+    assert key.symbols is not None
+    np.testing.assert_array_equal(decode(without, key, None).q, without.quantize(y0, 1))
+    with pytest.raises(EntropyCodingError, match="no P-frame tables.*re-export it"):
+        without.compress(y1, 1, reference=key.symbols)
+    p = with_inter.compress(y1, 1, reference=key.symbols)
+    with pytest.raises(EntropyCodingError, match="no P-frame tables"):
+        decode(without, p, key.symbols)
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_save_load_keeps_the_inter_tables(kind: str, tmp_path: Path) -> None:
+    codec = CODECS[kind]()
+    codec.save(tmp_path / "codec.npz")
+    loaded = type(codec).load(tmp_path / "codec.npz")
+    assert loaded.supports_inter and loaded.inter is not None and codec.inter is not None
+    np.testing.assert_array_equal(loaded.inter.freqs, codec.inter.freqs)
+    np.testing.assert_array_equal(loaded.inter.base, codec.inter.base)
+    assert loaded.inter.freqs.dtype == np.uint32 and loaded.inter.base.dtype == np.uint8
+    assert loaded.inter.radius == codec.inter.radius == codec.tables.radius
+    # A P-frame coded by one decodes with the other.
+    y0, y1 = video(codec, 2)
+    key = codec.compress(y0, 2)
+    assert key.symbols is not None
+    p = codec.compress(y1, 2, reference=key.symbols)
+    np.testing.assert_array_equal(decode(loaded, p, key.symbols).q, p.symbols.q)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_an_old_codec_npz_without_inter_tables_loads_keyframes_only(
+    kind: str, tmp_path: Path
+) -> None:
+    codec = CODECS[kind]()
+    # Exactly what save() wrote before P-frames: the float fields, freqs and radius.
+    floats: dict[str, Any] = (
+        {"gains": codec.gains, "inverse_gains": codec.inverse_gains}
+        if isinstance(codec, GainedFeatureCodec)
+        else {"mean": codec.mean, "scale": codec.scale, "steps": codec.steps}
+    )
+    path = tmp_path / "old.npz"
+    np.savez(path, **floats, freqs=codec.tables.freqs, radius=np.int32(codec.tables.radius))
+    old = type(codec).load(path)
+    assert not old.supports_inter and old.inter is None
+    old.prepare()
+    y = video(codec, 1)[0]
+    np.testing.assert_array_equal(decode(old, codec.compress(y, 3), None).q, codec.quantize(y, 3))
+    # Saving it again writes no inter tables.
+    old.save(tmp_path / "again.npz")
+    with np.load(tmp_path / "again.npz") as z:
+        assert "inter_freqs" not in z and "inter_base" not in z
+
+
+def test_inter_tables_check_their_shape() -> None:
+    inter = gained_codec().inter
+    assert inter is not None
+    with pytest.raises(ValueError, match="need"):
+        InterTables(inter.freqs[:, :-1], inter.base, inter.radius)
+    with pytest.raises(ValueError, match=f"below {len(LADDER)}"):
+        InterTables(inter.freqs, np.full_like(inter.base, len(LADDER)), inter.radius)
+
+
+def test_payload_header_fields_out_of_range_are_named() -> None:
+    inter = gained_codec().inter
+    assert inter is not None
+    with pytest.raises(EntropyCodingError, match="scale offset 7 outside -8..6"):
+        decode_residual(inter, 0, b"\x07\x01\x00\x01\x00" + bytes(4), SHAPE)
+    with pytest.raises(EntropyCodingError, match="skip probability 0 outside"):
+        decode_residual(inter, 0, b"\x00\x00\x00\x01\x00" + bytes(4), SHAPE)
+    with pytest.raises(EntropyCodingError, match="still-channel probability 0 outside"):
+        decode_residual(inter, 0, b"\x00\x01\x00\x00\x00" + bytes(4), SHAPE)
+    with pytest.raises(EntropyCodingError, match="5-byte header followed by whole 32-bit"):
+        decode_residual(inter, 0, b"\x00\x01", SHAPE)
+    with pytest.raises(EntropyCodingError, match="5-byte header followed by whole 32-bit"):
+        decode_residual(inter, 0, b"\x00\x01\x00\x01\x00\x00\x00", SHAPE)
+
+
+def mutate(payload: bytes, rng: np.random.Generator) -> bytes:
+    kind = int(rng.integers(4))
+    if kind == 0:  # truncated, to any length
+        return payload[: int(rng.integers(0, len(payload)))]
+    if kind == 1:  # words appended
+        return payload + rng.bytes(4 * int(rng.integers(1, 3)))
+    out = bytearray(payload)
+    # 2: anywhere, header included; 3: the ANS words only (if there are any)
+    lo = 5 if kind == 3 and len(out) > 5 else 0
+    for _ in range(int(rng.integers(1, 4))):
+        i = int(rng.integers(lo, len(out)))
+        out[i] ^= 1 << int(rng.integers(8))
+    return bytes(out)
+
+
+def test_corrupted_p_frames_raise_only_coding_errors_and_the_crc_catches_the_rest() -> None:
+    codec = gained_codec()
+    codec.prepare()
+    goods = []
+    ref: LatentSymbols | None = None
+    for t, y in enumerate(video(codec, 8, seed=9)):
+        enc = codec.compress(y, t % LEVELS, reference=ref)
+        if enc.reference_crc is not None:
+            goods.append((enc, ref))
+        ref = enc.symbols
+    assert len(goods) == 7
+    rng = np.random.default_rng(2024)
+    unchecked_clean = caught_by_crc = 0
+    for n in range(2000):
+        enc, reference = goods[int(rng.integers(len(goods)))]
+        assert enc.symbols is not None
+        bad = mutate(enc.payload, rng)
+        if bad == enc.payload:
+            continue
+        fields = (enc.rate_level, enc.latent_shape, bad)
+        try:
+            got = codec.decompress_symbols(
+                EncodedFeatures(*fields, None, enc.reference_crc), reference
+            )
+        except EntropyCodingError:
+            got = None
+        except Exception as exc:  # pragma: no cover - the failure being tested for
+            pytest.fail(f"corruption {n} raised {type(exc).__name__}: {exc}")
+        wrong = got is not None and not np.array_equal(got.q, enc.symbols.q)
+        unchecked_clean += wrong
+        try:
+            checked = codec.decompress_symbols(
+                EncodedFeatures(*fields, enc.symbol_crc, enc.reference_crc), reference
+            )
+        except EntropyCodingError as exc:
+            caught_by_crc += wrong and "symbol CRC-32" in str(exc)
+        except Exception as exc:  # pragma: no cover
+            pytest.fail(f"corruption {n} raised {type(exc).__name__}: {exc}")
+        else:
+            assert np.array_equal(checked.q, enc.symbols.q), f"corruption {n} was accepted"
+    # Without the symbol CRC some corrupted payloads decode "cleanly" to other symbols;
+    # with it, every one of them is refused.
+    print(f"{unchecked_clean} of 2000 corrupted P-frames decode cleanly without the symbol CRC")
+    assert caught_by_crc == unchecked_clean
+
+
+def bug_contract(codec: GainedFeatureCodec, reference: LatentSymbols, y: np.ndarray) -> None:
+    """The edge never sends what the cloud refuses: compress either raises, or its P-frame
+    decodes to the encoder's own symbols."""
+    try:
+        p = codec.compress(y, 0, reference=reference)
+    except EntropyCodingError:
+        return
+    assert p.symbols is not None
+    np.testing.assert_array_equal(decode(codec, p, reference).q, p.symbols.q)
+
+
+def test_a_residual_beyond_int32_is_refused_by_the_encoder_not_the_decoder() -> None:
+    codec = gained_codec()
+    q = np.zeros(SHAPE, np.int32)
+    q[0, 0, 0] = -1_600_000_000
+    reference = LatentSymbols(0, q, symbol_crc(q))
+    y = np.zeros(SHAPE, np.float32)
+    y[0, 0, 0] = 1_600_000_000 / codec.gains[0, 0]
+    bug_contract(codec, reference, y)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("reference_has_it", [False, True], ids=["in-the-p-frame", "in-the-key"])
+def test_a_non_finite_feature_never_makes_an_undecodable_p_frame(reference_has_it: bool) -> None:
+    codec = gained_codec()
+    y = np.zeros(SHAPE, np.float32)
+    y[1, 2, 3] = np.inf  # e.g. an fp16 overflow in the encoder backend
+    key = codec.compress(y if reference_has_it else np.zeros(SHAPE, np.float32), 0)
+    assert key.symbols is not None
+    np.testing.assert_array_equal(decode(codec, key, None).q, key.symbols.q)  # keyframes: fine
+    # in-the-key: the same frame again, every cell skipped, and still refused
+    bug_contract(codec, key.symbols, y)
