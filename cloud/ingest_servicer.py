@@ -132,9 +132,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 rejection: tuple[grpc.StatusCode, str] | None = None
                 try:
                     submitted = time.perf_counter()
-                    stored = await lease.run(
+                    outcome = await lease.run(
                         self._ingest_now, received, offset, submitted, executor=self._workers
                     )
+                    if not isinstance(outcome, StoredFrame):
+                        raise outcome
+                    stored = outcome
                     self._observe_lag(stored, received, offset)
                 except OutdatedBitstream as exc:
                     # Not the frame's fault: no rejected sequence, so the edge keeps it.
@@ -188,10 +191,23 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             await self._abort(context, grpc.StatusCode.ABORTED, replaced)
 
     # ── ingest lag and backpressure (cloud/ingest_lag.py) ────────────────────
-    def _ingest_now(self, frame: ReceivedFrame, offset_ns: int, submitted: float) -> StoredFrame:
-        """FrameIngest.ingest, on a worker thread: how long the frame waited for one."""
+    def _ingest_now(
+        self, frame: ReceivedFrame, offset_ns: int, submitted: float
+    ) -> StoredFrame | InvalidFrame | SequenceReused:
+        """FrameIngest.ingest, on a worker thread: how long the frame waited for one.
+
+        A refused frame is *returned*, as a fresh exception with the same message, for the
+        stream to raise. Raised across the executor, the original would carry a traceback
+        into the failed decode's frames (its symbol arrays, up to ~1 MB a frame) and the
+        worker's frame holding the frame bytes, in a reference cycle with the future that
+        carries it: freed only by a full collection, so the cloud's memory grew with every
+        rejected stream (tracemalloc: 158 MB held after 600 rejected frames, 0.15 MB after
+        gc.collect())."""
         self.ingest.metrics.ingest_wait.observe(time.perf_counter() - submitted)
-        return self.ingest.ingest(frame, offset_ns)
+        try:
+            return self.ingest.ingest(frame, offset_ns)
+        except (InvalidFrame, SequenceReused) as exc:
+            return type(exc)(*exc.args)
 
     def _observe_lag(self, stored: StoredFrame, frame: ReceivedFrame, offset_ns: int) -> None:
         """Capture → stored latency of a newly stored frame, into metrics and IngestLag."""

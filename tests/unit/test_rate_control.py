@@ -267,3 +267,26 @@ def test_expected_bytes_match_real_frames_at_every_level(tiny_bundle: Bundle) ->
     actual, expected = totals(codec)
     np.testing.assert_allclose(expected, actual, rtol=0.15)
     assert np.all(np.diff(expected_frame_bytes(codec, features[0].shape)) > 0)
+
+
+def test_budget_holds_with_keyframes_and_small_p_frames() -> None:
+    """A keyframe every 25 frames and P-frames a tenth of its size: the controller learns
+    the two sizes apart, so it spends the budget on a finer level for P-frames instead of
+    oscillating between what a keyframe and a P-frame would cost at one level."""
+    budget = kbps(350.0)  # P-frames about level 2, keyframes (1–4 KB) paid over 25 frames
+    rate = BudgetRate(budget, LEVEL_BYTES, FPS)
+    times, levels, nbytes = [], [], []
+    for i in range(int(30 * FPS)):
+        now, keyframe = i / FPS, i % 25 == 0
+        level = rate.choose(now, keyframe=keyframe)
+        n = int(LEVEL_BYTES[level] * (1.0 if keyframe else 0.1))
+        rate.record(now, level, n, keyframe=keyframe)
+        times.append(now)
+        levels.append(level)
+        nbytes.append(n)
+    assert worst_error(np.array(times[48:]), np.array(nbytes[48:]), budget) <= 0.10
+    # P-frames are predicted at a tenth of a keyframe, not at a keyframe's size.
+    ratio = rate.predicted(keyframe=False) / rate.predicted(keyframe=True)
+    assert np.allclose(ratio, 0.1, rtol=0.25)
+    p_levels = [lv for i, lv in enumerate(levels) if i % 25 and i > 48]
+    assert np.mean(p_levels) > 2
