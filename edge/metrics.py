@@ -85,6 +85,9 @@ class EdgeMetrics:
         self.frames_encoded = Counter(
             "fchm_edge_frames_encoded", "Frames encoded into a bitstream", registry=r
         )
+        self.frame_types = Counter(
+            "fchm_edge_frame_types", "Frames encoded by kind (key, p)", ["kind"], registry=r
+        )
         self.frames_sent = Counter("fchm_edge_frames_sent", "Frames sent to the cloud", registry=r)
         self.frames_acked = Counter(
             "fchm_edge_frames_acked", "Frames the cloud acknowledged (durable)", registry=r
@@ -163,6 +166,7 @@ class EdgeMetrics:
     def on_encoded(self, frame: EncodedFrame) -> None:
         size = len(frame.bitstream)
         self.frames_encoded.inc()
+        self.frame_types.labels("key" if frame.keyframe else "p").inc()
         self.bytes_encoded.inc(size)
         self.rate_level.set(frame.rate_level)
         self._window.add(size)

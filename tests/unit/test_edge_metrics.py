@@ -77,6 +77,7 @@ def test_scraped_counters_gauges_and_histograms(
     got = scrape(server)
     assert got[("fchm_edge_frames_captured_total", ())] == 20
     assert got[("fchm_edge_frames_encoded_total", ())] == 20
+    assert got[("fchm_edge_frame_types_total", (("kind", "key"),))] == 20  # keyframes by default
     assert got[("fchm_edge_frames_sent_total", ())] == 20
     assert got[("fchm_edge_frames_acked_total", ())] == 18
     assert got[("fchm_edge_bytes_acked_total", ())] == 18 * 1250
