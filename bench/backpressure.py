@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from cloud.settings import CloudSettings
@@ -50,7 +49,7 @@ def edge(cloud: CloudProcess, bundle: Path, spool: Path, camera: str, source: st
 def stored(cloud: CloudProcess, camera: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor = None
-    with httpx.Client(base_url=cloud.http_base, timeout=60) as api:
+    with cloud.api(timeout=60) as api:  # its admin key: REST needs one
         while True:
             params = {"camera": camera, "limit": 1000, **({"cursor": cursor} if cursor else {})}
             page = api.get("/v1/frames", params=params).json()
