@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import constriction
 import numpy as np
@@ -35,6 +34,41 @@ def symbol_crc(q: np.ndarray) -> int:
     an error is no proof that the symbols are the ones that were coded.
     """
     return zlib.crc32(np.ascontiguousarray(q, dtype="<i4").data)
+
+
+_ESCAPE_WORD = constriction.stream.model.Uniform(1 << 16)
+"""An escaped value goes raw, as two 16-bit words."""
+
+
+def to_symbols(values: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integers → (symbols: value + radius, or the escape 2·radius + 1 beyond ±radius;
+    the escaped values, raw, in order). Shared by the intra and the P-frame coders."""
+    wide = values.astype(np.int64)
+    escaped = np.abs(wide) > radius
+    raw = wide[escaped]
+    if raw.size and (raw.min() < -(2**31) or raw.max() >= 2**31):
+        raise EntropyCodingError("value outside the 32-bit escape range")
+    return np.where(escaped, 2 * radius + 1, wide + radius).astype(np.int32), raw
+
+
+def push_escapes(coder: object, raw: np.ndarray) -> None:
+    """Push escaped values onto an ANS stack; pushed first, they are read last."""
+    if raw.size:
+        halves = (raw + 2**31).astype(np.uint64)
+        words = np.stack([halves >> 16, halves & 0xFFFF], axis=1).reshape(-1)
+        coder.encode_reverse(words.astype(np.int32), _ESCAPE_WORD)  # type: ignore[attr-defined]
+
+
+def from_symbols(decoder: object, symbols: np.ndarray, radius: int) -> np.ndarray:
+    """Inverse of :func:`to_symbols` (+ :func:`push_escapes`): int64 values, the escaped
+    ones read from ``decoder`` after the symbols."""
+    values = symbols.astype(np.int64) - radius
+    escaped = symbols == 2 * radius + 1
+    n = int(escaped.sum())
+    if n:
+        halves = decoder.decode(_ESCAPE_WORD, 2 * n).astype(np.int64)  # type: ignore[attr-defined]
+        values[escaped] = ((halves[0::2] << 16) | halves[1::2]) - 2**31
+    return values
 
 
 def quantize_frequencies(counts: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -92,10 +126,6 @@ class EntropyTables:
     def escape(self) -> int:
         return 2 * self.radius + 1
 
-    @cached_property
-    def _escape_model(self) -> object:
-        return constriction.stream.model.Uniform(1 << 16)
-
     def expected_bits(self, level: int, latent_shape: tuple[int, int, int]) -> float:
         """Bits :meth:`encode` is expected to spend on a (C, H, W) tensor at ``level``.
 
@@ -128,19 +158,11 @@ class EntropyTables:
     def encode(self, q: np.ndarray, level: int) -> bytes:
         """Entropy-code integer symbols ``q`` (channels, H, W) at ``level``."""
         self._check(q.shape[0], level)
-        flat = q.reshape(q.shape[0], -1).astype(np.int64)
-        escaped = np.abs(flat) > self.radius
-        symbols = np.where(escaped, self.escape, flat + self.radius).astype(np.int32)
-        raw = flat[escaped].astype(np.int64)
-        if raw.size and (raw.min() < -(2**31) or raw.max() >= 2**31):
-            raise EntropyCodingError("quantized value outside the 32-bit escape range")
+        symbols, raw = to_symbols(q.reshape(q.shape[0], -1), self.radius)
         coder = constriction.stream.stack.AnsCoder()
         # ANS is a stack: push what the decoder reads last first.
-        if raw.size:
-            halves = (raw + 2**31).astype(np.uint64)
-            words = np.stack([halves >> 16, halves & 0xFFFF], axis=1).reshape(-1)
-            coder.encode_reverse(words.astype(np.int32), self._escape_model)
-        for c in range(flat.shape[0] - 1, -1, -1):
+        push_escapes(coder, raw)
+        for c in range(symbols.shape[0] - 1, -1, -1):
             coder.encode_reverse(symbols[c], self._model(level, c))
         return coder.get_compressed().astype("<u4").tobytes()
 
@@ -156,12 +178,7 @@ class EntropyTables:
             symbols = np.empty((channels, h * w), dtype=np.int32)
             for c in range(channels):
                 symbols[c] = decoder.decode(self._model(level, c), h * w)
-            escaped = symbols == self.escape
-            values = symbols.astype(np.int64) - self.radius
-            n_esc = int(escaped.sum())
-            if n_esc:
-                halves = decoder.decode(self._escape_model, 2 * n_esc).astype(np.int64)
-                values[escaped] = ((halves[0::2] << 16) | halves[1::2]) - 2**31
+            values = from_symbols(decoder, symbols, self.radius)
             leftover = not decoder.is_empty()
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise EntropyCodingError(f"payload does not decode: {exc}") from exc

@@ -35,7 +35,15 @@ from functools import cached_property
 import constriction
 import numpy as np
 
-from codec.entropy_tables import PRECISION, EntropyCodingError, EntropyTables, quantize_frequencies
+from codec.entropy_tables import (
+    PRECISION,
+    EntropyCodingError,
+    EntropyTables,
+    from_symbols,
+    push_escapes,
+    quantize_frequencies,
+    to_symbols,
+)
 
 LADDER = 0.05 * 2.0 ** (np.arange(24) / 2.0)
 """Laplace scales of the residual tables, in symbol steps (0.05 … 145)."""
@@ -56,6 +64,9 @@ def _delta_frequencies() -> np.ndarray:
 
 
 DELTA_FREQS = _delta_frequencies()
+_DELTA_MODEL = constriction.stream.model.Categorical(
+    DELTA_FREQS.astype(np.float64) / (1 << PRECISION), perfect=False
+)
 
 
 @dataclass(frozen=True)
@@ -147,23 +158,15 @@ def encode_residual(
         still = ~np.any(kept, axis=1)
         moving = np.flatnonzero(~still)
         p_still = _probability(float(still.mean()))
-        values = kept[moving]
-        escaped = np.abs(values) > r
-        symbols = np.where(escaped, 2 * r + 1, values + r).astype(np.int32)
-        raw = values[escaped]
-        if raw.size and (raw.min() < -(2**31) or raw.max() >= 2**31):
-            raise EntropyCodingError("residual outside the 32-bit escape range")
+        symbols, raw = to_symbols(kept[moving], r)
         offset, rungs = _choose_rungs(tables, level, symbols, moving)
         deltas = rungs - tables.rungs(level, offset)[moving]
         # ANS is a stack: push what the decoder reads last first.
-        if raw.size:
-            halves = (raw + 2**31).astype(np.uint64)
-            words = np.stack([halves >> 16, halves & 0xFFFF], axis=1).reshape(-1)
-            coder.encode_reverse(words.astype(np.int32), _uniform16())
+        push_escapes(coder, raw)
         for i in range(len(moving) - 1, -1, -1):
             coder.encode_reverse(symbols[i], tables.model(int(rungs[i])))
         if len(moving):
-            coder.encode_reverse((deltas + DELTA_RADIUS).astype(np.int32), _delta_model())
+            coder.encode_reverse((deltas + DELTA_RADIUS).astype(np.int32), _DELTA_MODEL)
         coder.encode_reverse((~still).astype(np.int32), _flag_model(p_still))
     coder.encode_reverse((~skip).reshape(-1).astype(np.int32), _flag_model(p_skip))
     body = coder.get_compressed().astype("<u4").tobytes()
@@ -201,19 +204,14 @@ def decode_residual(
             moving = np.flatnonzero(decoder.decode(_flag_model(p_still), c))
             rungs = np.empty(0, dtype=np.int64)
             if len(moving):
-                deltas = decoder.decode(_delta_model(), len(moving)).astype(np.int64)
+                deltas = decoder.decode(_DELTA_MODEL, len(moving)).astype(np.int64)
                 rungs = tables.rungs(level, offset)[moving] + deltas - DELTA_RADIUS
             if np.any((rungs < 0) | (rungs >= len(LADDER))):
                 raise EntropyCodingError("P-frame rung delta points outside the ladder")
             symbols = np.empty((len(moving), n), dtype=np.int32)
             for i, rung in enumerate(rungs):
                 symbols[i] = decoder.decode(tables.model(int(rung)), n)
-            values = symbols.astype(np.int64) - r
-            escaped = symbols == 2 * r + 1
-            n_esc = int(escaped.sum())
-            if n_esc:
-                halves = decoder.decode(_uniform16(), 2 * n_esc).astype(np.int64)
-                values[escaped] = ((halves[0::2] << 16) | halves[1::2]) - 2**31
+            values = from_symbols(decoder, symbols, r)
             block = np.zeros((len(moving), h * w), dtype=np.int64)
             block[:, replenish] = values
             residual[moving] = block
@@ -263,34 +261,8 @@ def _choose_rungs(
     return best[1], best[2]
 
 
-_FLAG_MODELS: dict[int, object] = {}
-
-
-def _flag_model(p_skip: int) -> object:
-    """Symbol 0: skipped, 1: replenished; integer frequencies, so exact everywhere."""
-    m = _FLAG_MODELS.get(p_skip)
-    if m is None:
-        probs = np.array([p_skip, (1 << PRECISION) - p_skip], dtype=np.float64) / (1 << PRECISION)
-        m = constriction.stream.model.Categorical(probs, perfect=False)
-        if len(_FLAG_MODELS) < 4096:
-            _FLAG_MODELS[p_skip] = m
-    return m
-
-
-_DELTA_MODEL: list[object] = []
-
-
-def _delta_model() -> object:
-    if not _DELTA_MODEL:
-        probs = DELTA_FREQS.astype(np.float64) / (1 << PRECISION)
-        _DELTA_MODEL.append(constriction.stream.model.Categorical(probs, perfect=False))
-    return _DELTA_MODEL[0]
-
-
-_UNIFORM16: list[object] = []
-
-
-def _uniform16() -> object:
-    if not _UNIFORM16:
-        _UNIFORM16.append(constriction.stream.model.Uniform(1 << 16))
-    return _UNIFORM16[0]
+def _flag_model(p_first: int) -> object:
+    """Two symbols, the first with frequency ``p_first`` of 2**16: exact everywhere (built
+    per frame; the probability is the frame's own)."""
+    probs = np.array([p_first, (1 << PRECISION) - p_first], dtype=np.float64) / (1 << PRECISION)
+    return constriction.stream.model.Categorical(probs, perfect=False)
