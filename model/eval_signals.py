@@ -24,7 +24,7 @@ import hashlib
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,23 @@ def _decoded(path: Path, fps: float | None, stats: SourceStats) -> Iterator[Capt
         raise ValueError(str(exc)) from exc
 
 
+def _second_pass(
+    path: Path,
+    fps: float | None,
+    wanted: Mapping[int, int | None],
+    resize: Callable[[np.ndarray], np.ndarray],
+) -> tuple[list[EvalFrame], tuple[int, int]]:
+    """Decode only the ``wanted`` frames (index → clip), resized: (frames, source w×h)."""
+    out: list[EvalFrame] = []
+    size_wh = (0, 0)
+    for f in _decoded(path, fps, SourceStats()):
+        if f.index in wanted:
+            size_wh = (f.image.shape[1], f.image.shape[0])
+            name = f"{path.name}#{f.index}"
+            out.append(EvalFrame(resize(f.image), "video", name, wanted[f.index]))
+    return out, size_wh
+
+
 def video_clips(
     path: Path, fps: float, frames: int, clips: int, size: int, pad_multiple: int
 ) -> tuple[list[EvalFrame], VideoInfo]:
@@ -146,13 +163,7 @@ def video_clips(
         [index for index, _ in kept[s : s + frames]] for s in clip_starts(len(kept), frames, clips)
     ]
     wanted = {i: c for c, run in enumerate(runs) for i in run}
-    out: list[EvalFrame] = []
-    size_wh = (0, 0)
-    for f in _decoded(path, fps, SourceStats()):
-        if f.index in wanted:
-            size_wh = (f.image.shape[1], f.image.shape[0])
-            resized = fit_down(f.image, size, pad_multiple)
-            out.append(EvalFrame(resized, "video", f"{path.name}#{f.index}", wanted[f.index]))
+    out, size_wh = _second_pass(path, fps, wanted, lambda im: fit_down(im, size, pad_multiple))
     out.sort(key=lambda f: (f.clip, int(f.name.rsplit("#", 1)[1])))
     first, last = kept[0][1], kept[-1][1]
     span = (
@@ -189,14 +200,9 @@ def sample_video(
     if total == 0:
         raise ValueError(f"video {path} has no frames")
     wanted = sorted({int(i) for i in np.linspace(0, total - 1, count).round()})
-    keep = set(wanted)
-    frames: list[EvalFrame] = []
-    size_wh = (0, 0)
-    for f in _decoded(path, None, SourceStats()):
-        if f.index in keep:
-            size_wh = (f.image.shape[1], f.image.shape[0])
-            resized = resize_long_side(f.image, size, pad_multiple)
-            frames.append(EvalFrame(resized, "video", f"{path.name}#{f.index}"))
+    frames, size_wh = _second_pass(
+        path, None, dict.fromkeys(wanted), lambda im: resize_long_side(im, size, pad_multiple)
+    )
     return frames, VideoInfo(path, size_wh, total, fps, fps, (tuple(wanted),))
 
 
