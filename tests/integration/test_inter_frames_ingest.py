@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
@@ -75,12 +76,16 @@ def test_p_frames_are_stored_viewed_and_replayed_like_keyframes(
     stored = stored_frames(cloud, "cam-p")
     assert [s["sequence"] for s in stored] == sequences
     decoder = FrameDecoder(tiny_bundle)
+    s = cloud.settings
+    tail = DetectorTail(tiny_bundle, s.detector_conf, s.detector_iou, threads=1)
     reference = None
     for f, row in zip(frames, stored, strict=True):
         decoded = decoder.decode(f.bitstream, reference=reference)
         reference = decoded.symbols
         assert decoded.bitstream.is_keyframe == f.keyframe
         assert row["num_bytes"] == len(f.bitstream)
+        assert row["num_detections"] == len(tail(decoded.features, decoded.geometry))
+    assert sum(row["num_detections"] for row in stored) > 0, "a test that sees no box"
 
     # A view of the last P-frame (4 frames after its keyframe) renders from the chain.
     with cloud.api() as api:
