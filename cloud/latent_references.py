@@ -19,6 +19,7 @@ import threading
 
 from cloud.frame_decoder import DecodedFrame, FrameDecoder, MissingReference
 from cloud.store.frame_store import FrameStore
+from cloud.store.records import FrameRecord
 from codec.bitstream import FrameBitstream
 from codec.inter_frames import LatentSymbols
 
@@ -55,12 +56,16 @@ class LatentReferences:
             if held is None or held[0] <= sequence:
                 self._latest[camera_id] = (sequence, symbols)
 
-    def decode_stored(self, camera_id: str, sequence: int) -> DecodedFrame:
-        """Decode the stored frame ``sequence`` of ``camera_id``, from its keyframe on."""
-        chain: list[tuple[int, FrameBitstream]] = []
+    def decode_stored(
+        self, camera_id: str, sequence: int, record: FrameRecord | None = None
+    ) -> DecodedFrame:
+        """Decode the stored frame ``sequence`` of ``camera_id``, from its keyframe on
+        (``record``: its row, when the caller already holds it)."""
+        chain: list[FrameBitstream] = []
         at = sequence
         while True:
-            record = self.store.find_frame(camera_id, at)
+            if record is None or chain:
+                record = self.store.find_frame(camera_id, at)
             if record is None:
                 first = "" if not chain else f" (on the chain of frame {sequence})"
                 raise MissingReference(
@@ -68,7 +73,7 @@ class LatentReferences:
                     "a P-frame cannot be decoded without it; the camera must send a keyframe"
                 )
             frame = self.decoder.parse(self.store.read_bitstream(record))
-            chain.append((at, frame))
+            chain.append(frame)
             if frame.reference is None:
                 break
             if len(chain) > self.max_chain:
@@ -79,7 +84,7 @@ class LatentReferences:
             at -= frame.reference.offset
         reference: LatentSymbols | None = None
         decoded: DecodedFrame | None = None
-        for _, frame in reversed(chain):
+        for frame in reversed(chain):
             decoded = self.decoder.decode_parsed(frame, stored=True, reference=reference)
             reference = decoded.symbols
         assert decoded is not None

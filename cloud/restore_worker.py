@@ -107,7 +107,7 @@ class RestoreWorker:
                     f"view kind {job.kind!r} is not served here (have {sorted(self.restorers)})"
                 )
             # 3. Decode (bit-exact; a P-frame from its keyframe on) and render the view.
-            decoded = self.references.decode_stored(frame.camera_id, frame.sequence)
+            decoded = self.references.decode_stored(frame.camera_id, frame.sequence, frame)
             size = view_size(decoded.geometry.image_size, self.max_side)
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded, size)

@@ -39,7 +39,8 @@ DEFAULT_SKIP_THRESHOLD = 6.0
 """P-frame cells whose residual energy is within this many symbol steps² are skipped."""
 INTRA_CHECK_BELOW = 0.75
 """A P-frame that skips fewer cells than this is also coded intra; the smaller one goes
-(a panning camera's P-frames cost up to 24% more than keyframes at mid levels)."""
+(on the panning street clip, before per-channel rungs, P-frames at level 4 cost 24% more
+than keyframes: 5,230 against 4,210 B)."""
 
 
 @dataclass(frozen=True)
