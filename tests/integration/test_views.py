@@ -128,12 +128,21 @@ def test_view_is_rendered_at_the_capped_size(env: ViewEnv, client: TestClient) -
     assert (view["width"], view["height"], view["attempts"]) == (*size, 1)
     assert view["created_ns"] <= view["started_ns"] <= view["finished_ns"]
     assert view["finished"].endswith("Z")
-    assert "linear decoder" in view["description"] and "not the diffusion" in view["description"]
+    assert "not a photograph" in view["description"] and "not the diffusion" in view["description"]
 
     r = client.get(body["links"]["image"])
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(r.content))
     assert image.mode == "RGB" and image.size == size
+    # The PNG says what it is to anyone who opens it: a reconstruction, from which bytes.
+    frame = env.store.get_frame(sample.frame_id)
+    assert frame is not None
+    assert image.info["fchm:reconstruction"] == "true" and image.info["fchm:kind"] == "preview"
+    assert image.info["fchm:bytes_used"] == str(frame.num_bytes)
+    assert image.info["fchm:frame_id"] == str(sample.frame_id)
+    assert image.info["fchm:model_sha256"] == env.bundle.manifest.sha256["preview.onnx"]
+    assert image.info["fchm:bundle"] == env.bundle.hash
+    assert "not the camera's image" in image.info["Description"]
     # Blurry, but the preview was fitted on these images: it must resemble the original.
     original = Image.open(sample.image).convert("RGB").resize(size, Image.Resampling.BOX)
     assert psnr(np.asarray(image), np.asarray(original)) > 14.0
@@ -324,7 +333,8 @@ def test_workers_wait_for_jobs_submitted_from_another_thread(env: ViewEnv) -> No
 
 def test_preview_restorer_is_registered_and_described() -> None:
     assert PreviewRestorer.kind == "preview"
-    assert "blurry" in PreviewRestorer.description
+    assert "reconstruction" in PreviewRestorer.description
+    assert "not a photograph" in PreviewRestorer.description
 
 
 def test_concurrent_submits_never_overshoot_the_bound(env: ViewEnv) -> None:
