@@ -39,8 +39,17 @@ class DetectorTail:
         self.conf, self.iou, self.max_det = conf, iou, max_det
 
     def __call__(self, features: np.ndarray, geometry: Letterbox) -> list[Detection]:
-        (pred,) = self.session.run(None, {"features": features[None].astype(np.float32)})
-        return self.postprocess(pred[0], geometry)
+        return self.postprocess(self.predict(features[None])[0], geometry)
+
+    @property
+    def batchable(self) -> bool:
+        """Whether tail.onnx takes a batch (bundles exported before batching take one)."""
+        return not isinstance(self.session.get_inputs()[0].shape[0], int)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) latents of one shape → (B, 4+nc, anchors) raw predictions."""
+        (pred,) = self.session.run(None, {"features": features.astype(np.float32, copy=False)})
+        return np.asarray(pred)
 
     def postprocess(self, pred: np.ndarray, geometry: Letterbox) -> list[Detection]:
         scores_all = pred[4:]

@@ -18,15 +18,19 @@ Blocking work (ORT, SQLite, fsync): the servicer calls ``ingest`` in a thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud.detector_tail import DetectorTail
+import numpy as np
+
+from cloud.detector_tail import Detection
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.latent_references import LatentReferences
 from cloud.metrics import CloudMetrics
 from cloud.store.frame_store import FrameStore, SequenceReused
 from cloud.store.records import FrameRecord, StoredFrame
 from codec.bitstream import stored_checksum
+from codec.geometry import Letterbox
 
 __all__ = ["FrameIngest", "ReceivedFrame", "SequenceReused", "check_ranges"]
 
@@ -54,8 +58,13 @@ def check_ranges(frame: ReceivedFrame, clock_offset_ns: int) -> None:
 
 class FrameIngest:
     def __init__(
-        self, decoder: FrameDecoder, tail: DetectorTail, store: FrameStore, metrics: CloudMetrics
+        self,
+        decoder: FrameDecoder,
+        tail: Callable[[np.ndarray, Letterbox], list[Detection]],
+        store: FrameStore,
+        metrics: CloudMetrics,
     ) -> None:
+        """``tail``: a DetectorTail, or a BatchedTail that batches it across cameras."""
         self.decoder, self.tail, self.store, self.metrics = decoder, tail, store, metrics
         self.references = LatentReferences(decoder, store)
 

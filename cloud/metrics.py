@@ -32,6 +32,12 @@ class CloudMetrics:
             buckets=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3),
             registry=r,
         )
+        self.tail_batch = Histogram(
+            "fchm_tail_batch_frames",
+            "Frames per detector-tail call (dynamic batching across cameras)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
         self.ingest_lag = Histogram(
             "fchm_ingest_lag_seconds",
             "Capture (camera clock, offset corrected) to stored, per stored frame",

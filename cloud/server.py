@@ -32,6 +32,7 @@ from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore
+from cloud.tail_batcher import BatchedTail
 from cloud.view_queue import ViewQueue
 from codec.bundle import Bundle
 from fchm.v1 import ingest_pb2_grpc
@@ -135,6 +136,7 @@ class CloudServer:
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._tail: BatchedTail | None = None
 
     async def start(self) -> None:
         try:
@@ -155,7 +157,13 @@ class CloudServer:
 
         # 3. Ingest: decoder + detector tail behind the gRPC servicer.
         decoder = FrameDecoder(bundle)
-        tail = DetectorTail(bundle, s.detector_conf, s.detector_iou, threads=s.onnx_threads)
+        tail = BatchedTail(
+            DetectorTail(bundle, s.detector_conf, s.detector_iou, threads=s.onnx_threads),
+            s.tail_max_batch,
+            s.tail_max_delay_ms / 1000,
+            metrics.tail_batch.observe,
+        )
+        self._tail = tail
         ingest = FrameIngest(decoder, tail, store, metrics)
         auth = CameraAuth(s.camera_tokens)
         for name in ("rate_hint", "backpressure_rate_level"):
@@ -222,6 +230,8 @@ class CloudServer:
             await self._http_task
         if self._grpc is not None:
             await self._grpc.stop(grace_s)  # lets in-flight frames finish and be acked
+        if self._tail is not None:
+            await asyncio.to_thread(self._tail.close)  # after the last in-flight frame
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

@@ -151,7 +151,9 @@ def check_inputs(cfg: ExportConfig) -> None:
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, inp: str, out: str) -> None:
     axes = {inp: {2: "height", 3: "width"}, out: {2: "height", 3: "width"}}
     if out == "predictions":
-        axes[out] = {2: "anchors"}
+        # The cloud's tail takes a batch (cloud/tail_batcher.py); the edge's encoder and
+        # the preview stay one frame (TensorRT profiles are built for batch 1).
+        axes = {inp: {0: "batch", 2: "height", 3: "width"}, out: {0: "batch", 2: "anchors"}}
     torch.onnx.export(
         module,
         (example,),
