@@ -171,3 +171,44 @@ def replace_capture(frame, i: int):  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     return replace(frame, capture_time_ns=1_000_000_000 * (i + 1))
+
+
+class _RefusesNaN(DetectorTail):
+    """The real tail, refusing a latent with a NaN: a frame that fails inside a batch."""
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if np.isnan(features).any():
+            raise ValueError("latent holds NaN")
+        return super().predict(features)
+
+
+def test_a_batch_with_a_bad_frame_is_rerun_so_the_good_frames_succeed(
+    tiny_bundle: Bundle,
+) -> None:
+    tail = _RefusesNaN(tiny_bundle)
+    good = _decoded(tiny_bundle)[0]
+    bad = np.full_like(good.features, np.nan)
+    sizes: list[int] = []
+    batched = BatchedTail(tail, max_batch=3, max_delay_s=0.5, observe=sizes.append)
+    results: dict[str, object] = {}
+
+    def call(name: str, features: np.ndarray) -> None:
+        try:
+            results[name] = batched(features, good.geometry)
+        except ValueError as exc:
+            results[name] = exc
+
+    threads = [
+        threading.Thread(target=call, args=(n, f))
+        for n, f in (("a", good.features), ("bad", bad), ("b", good.features))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    batched.close()
+    assert isinstance(results["bad"], ValueError)
+    want = tail(good.features, good.geometry)
+    _same(results["a"], want)  # type: ignore[arg-type]
+    _same(results["b"], want)  # type: ignore[arg-type]
+    assert sizes == [1, 1]  # the failed batch of 3 was rerun frame by frame
