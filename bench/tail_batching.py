@@ -45,8 +45,8 @@ def bitstreams(bundle: Bundle, video: Path, count: int, level: int) -> list[byte
     return out
 
 
-def run(bundle: Bundle, streams: list[bytes], cameras: int, max_batch: int, delay: float,
-        threads: int) -> dict[str, float]:  # fmt: skip
+def run(bundle: Bundle, streams: list[bytes], level: int, cameras: int, max_batch: int,
+        delay: float, threads: int) -> dict[str, float]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         store = FrameStore.open(f"sqlite:///{tmp}/fchm.db", Path(tmp) / "blobs")
         metrics = CloudMetrics()
@@ -60,7 +60,7 @@ def run(bundle: Bundle, streams: list[bytes], cameras: int, max_batch: int, dela
         def camera(k: int) -> None:
             try:
                 for seq, data in enumerate(streams):
-                    ingest.ingest(ReceivedFrame(f"cam-{k}", seq + 1, time.time_ns(), _level(data),
+                    ingest.ingest(ReceivedFrame(f"cam-{k}", seq + 1, time.time_ns(), level,
                                             data), 0)  # fmt: skip
             except BaseException as exc:
                 failures.append(exc)
@@ -85,12 +85,6 @@ def run(bundle: Bundle, streams: list[bytes], cameras: int, max_batch: int, dela
                 "mean_batch": round(frames / calls, 2)}  # fmt: skip
 
 
-def _level(data: bytes) -> int:
-    from codec.bitstream import FrameBitstream
-
-    return FrameBitstream.from_bytes(data).rate_level
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
@@ -109,7 +103,7 @@ def main() -> None:
     rows = []
     for k in (int(v) for v in args.cameras.split(",")):
         for b in (1, args.max_batch):
-            rows.append(run(bundle, streams, k, b, args.delay_ms / 1000, args.threads))
+            rows.append(run(bundle, streams, args.level, k, b, args.delay_ms / 1000, args.threads))
             print(rows[-1], flush=True)
     mean_bytes = sum(len(s) for s in streams) / len(streams)
     lines = ["# Ingest frames/s against cameras, detector tail batched or not", "",

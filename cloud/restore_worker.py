@@ -21,8 +21,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+from PIL import Image, PngImagePlugin
 
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.latent_references import LatentReferences
@@ -45,17 +45,10 @@ def view_image_key(view_id: str) -> str:
     return f"views/{view_id}.png"
 
 
-def encode_png(rgb: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+def encode_png(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
     """PNG bytes; ``text`` goes into tEXt chunks (what the image is, for whoever opens it)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 HxWx3 image, got {rgb.dtype} {rgb.shape}")
-    if not text:
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
-        if not ok:
-            raise RuntimeError("PNG encoding failed")
-        return buf.tobytes()
-    from PIL import Image, PngImagePlugin
-
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)

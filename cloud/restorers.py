@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
@@ -31,7 +32,7 @@ import numpy as np
 
 from cloud.frame_decoder import DecodedFrame
 from cloud.onnx_sessions import open_session
-from codec.bundle import Bundle
+from codec.bundle import Bundle, file_sha256
 from codec.geometry import Letterbox
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,14 @@ class PreviewRestorer(Restorer):
         "shows what the machine saw, not a photograph, and is not the diffusion-restored view."
     )
 
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None:
-        self.session = open_session(bundle.file("preview"), threads)
-        self.model_sha256 = bundle.manifest.sha256.get(bundle.manifest.files["preview"], "")
+    def __init__(self, bundle: Bundle, threads: int = 0, model: Path | None = None) -> None:
+        """``model``: another preview.onnx for the same latent (evaluation compares them)."""
+        if model is None:
+            model = bundle.file("preview")
+            self.model_sha256 = bundle.manifest.sha256.get(bundle.manifest.files["preview"], "")
+        else:
+            self.model_sha256 = file_sha256(model)
+        self.session = open_session(model, threads)
 
     def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
         features = frame.features[None].astype(np.float32, copy=False)

@@ -122,10 +122,8 @@ class BatchedTail:
         deadline = time.monotonic() + self.max_delay_s
         while len(batch) < self.max_batch:
             left = deadline - time.monotonic()
-            try:
-                request = (
-                    self._queue.get(timeout=max(left, 0)) if left > 0 else self._queue.get_nowait()
-                )
+            try:  # past the deadline, still take what is already queued
+                request = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if request is None:

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 
 from cloud.detector_tail import Detection
-from cloud.frame_decoder import DecodedFrame, FrameDecoder
-from cloud.restorers import RESTORERS, Restorer, uncrop_letterbox
+from cloud.frame_decoder import FrameDecoder
+from cloud.restorers import RESTORERS, PreviewRestorer, Restorer
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
 from edge.preprocess import letterbox
@@ -90,30 +90,13 @@ class HumanRow:
     reference_boxes: int
 
 
-class OnnxPreview(Restorer):
-    """A preview decoder from a file (ŷ → RGB), judged beside the bundle's own."""
-
-    kind = "preview-file"
-    description = "a preview decoder read from a file"
-
-    def __init__(self, bundle: Bundle, threads: int = 0, path: Path | None = None) -> None:
-        from cloud.onnx_sessions import open_session
-
-        assert path is not None
-        self.session = open_session(path, threads)
-
-    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
-        (image,) = self.session.run(None, {"features": frame.features[None]})
-        return uncrop_letterbox(image[0], frame.geometry, size)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM of two RGB uint8 images (pytorch-msssim, five scales). Its four
+    """MS-SSIM of two 3-channel uint8 images (pytorch-msssim, five scales). Its four
     downsamplings need the short side above 16·(window − 1): small frames (the stage
     clip is 176×144) use the largest odd Gaussian window ≤ 11 that fits."""
     import torch
@@ -147,13 +130,16 @@ class FeatureDistance:
         self.pad = bundle.manifest.detector.pad_multiple
         self.torch = torch
 
-    def __call__(self, original_bgr: np.ndarray, view_bgr: np.ndarray) -> float:
-        x, _ = letterbox(original_bgr, self.size, self.pad)
-        v, _ = letterbox(view_bgr, self.size, self.pad)
+    def of(self, bgr: np.ndarray) -> Any:
+        """The detector's first-layer features of a frame (the original's: once per frame)."""
+        x, _ = letterbox(bgr, self.size, self.pad)
         with self.torch.no_grad():
-            fx = self.net(self.torch.from_numpy(x))
-            fv = self.net(self.torch.from_numpy(v))
-        return float(((fx - fv) ** 2).mean() / (fx**2).mean().clamp_min(1e-12))
+            return self.net(self.torch.from_numpy(x))
+
+    def __call__(self, original: Any, view_bgr: np.ndarray) -> float:
+        """Distance of a view from the original's features (``of(original)``)."""
+        fv = self.of(view_bgr)
+        return float(((original - fv) ** 2).mean() / (original**2).mean().clamp_min(1e-12))
 
 
 def _at_bytes(codec: str, image: np.ndarray, budget: int) -> tuple[int, np.ndarray, float]:
@@ -198,7 +184,7 @@ def evaluate_human(
     kinds = list(cfg.views or RESTORERS)
     views: dict[str, Restorer] = {k: RESTORERS[k](bundle, cfg.threads) for k in kinds}
     for name, path in cfg.extra_previews:
-        views[name] = OnnxPreview(bundle, cfg.threads, path)
+        views[name] = PreviewRestorer(bundle, cfg.threads, path)
     features = FeatureDistance(bundle, cfg.weights)
     levels = list(cfg.levels or range(0, codec.num_levels, 2))
     if min(levels) < 0 or max(levels) >= codec.num_levels:
@@ -219,6 +205,7 @@ def evaluate_human(
         found = detector(original)
         refs.append(found.reference)
         edge = detector.encode(original)
+        original_features = features.of(original)
         for level in levels:
             encoded = codec.compress(edge.features, level)
             data = FrameBitstream(
@@ -239,10 +226,10 @@ def evaluate_human(
                 t = tallies[(name, level)]
                 t.nbytes.append(nbytes)
                 t.seconds.append(seconds)
-                rgb_view, rgb_orig = bgr[:, :, ::-1].copy(), original[:, :, ::-1].copy()
-                t.psnr.append(psnr(rgb_view, rgb_orig))
-                t.ms_ssim.append(ms_ssim(rgb_view, rgb_orig))
-                t.feature.append(features(original, bgr))
+                # PSNR and MS-SSIM average over channels: BGR order scores as RGB does.
+                t.psnr.append(psnr(bgr, original))
+                t.ms_ssim.append(ms_ssim(bgr, original))
+                t.feature.append(features(original_features, bgr))
                 t.detections.append(detector(bgr).scored)
                 if level == grid_level:
                     shown.append((f"{name} {nbytes:,} B", bgr))

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from codec.bundle import Bundle, file_sha256, write_manifest
+from codec.feature_codec import GainedFeatureCodec
 from model.bottleneck import ResBlock
 from model.training_data import CropStream, TrainingPool
 
@@ -145,10 +146,11 @@ def latent_id(bundle: Bundle) -> str:
     h = hashlib.sha256()
     h.update(f"{info.weights_sha256}|{info.split_layer}|{info.channels}|{info.stride}|".encode())
     h.update(bundle.manifest.notes.get("checkpoint", "").encode())
-    with np.load(bundle.file("codec")) as z:
-        for name in ("gains", "inverse_gains", "mean", "scale", "steps"):
-            if name in z:
-                h.update(name.encode() + np.ascontiguousarray(z[name], dtype="<f4").tobytes())
+    codec = bundle.load_codec()
+    for name in ("gains", "inverse_gains", "mean", "scale", "steps"):  # the quantizer's numbers
+        value = getattr(codec, name, None)
+        if value is not None:
+            h.update(name.encode() + np.ascontiguousarray(value, dtype="<f4").tobytes())
     return h.hexdigest()
 
 
@@ -176,15 +178,14 @@ class LatentPairs:
         self.latents = np.stack(latents)
 
 
-def _quantizer(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
-    """(levels, C) multipliers into and out of the codec's integer grid, for torch."""
-    with np.load(bundle.file("codec")) as z:
-        if "gains" in z:
-            return z["gains"].astype(np.float32), z["inverse_gains"].astype(np.float32)
-    raise ValueError(
-        f"bundle {bundle.path} has a '{bundle.manifest.codec}' codec: the trained preview "
-        "needs a learned bundle (its latent is what the cloud decodes)"
-    )
+def _quantizer(bundle: Bundle) -> GainedFeatureCodec:
+    codec = bundle.load_codec()
+    if not isinstance(codec, GainedFeatureCodec):
+        raise ValueError(
+            f"bundle {bundle.path} has a '{bundle.manifest.codec}' codec: the trained preview "
+            "needs a learned bundle (its latent is what the cloud decodes)"
+        )
+    return codec
 
 
 def _feature_net(weights: Path | None, bundle: Bundle, device: str) -> nn.Module | None:
@@ -246,7 +247,8 @@ def train_preview(
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     bundle = Bundle.load(cfg.bundle)
-    gains, inverse = _quantizer(bundle)
+    codec = _quantizer(bundle)
+    gains, inverse = codec.gains, codec.inverse_gains
     net_cfg = net_config(bundle, cfg.widths)
     levels = np.array(cfg.levels if cfg.levels is not None else range(len(gains)))
     if levels.min() < 0 or levels.max() >= len(gains):
@@ -352,18 +354,3 @@ def export_preview(checkpoint: Path, bundle_dir: Path) -> Bundle:
         f"step {state['step']}: a reconstruction from the machine latent, not a photograph"
     )
     return write_manifest(bundle.path, manifest)
-
-
-def preview_macs(cfg: PreviewNetConfig, width: int, height: int) -> float:
-    """Multiply-accumulates of one full preview at (width, height): what the ≤ 200 ms
-    CPU budget is spent on (convolutions only)."""
-    total, w = 0.0, cfg.widths
-    pixels = width * height / cfg.stride**2
-    total += pixels * cfg.latent_channels * w[0]
-    for i, c in enumerate(w):
-        p = pixels * 4**i
-        total += p * (2 * 9 * c * c + c * 3)
-        if i + 1 < len(w):
-            total += p * 9 * c * 4 * w[i + 1]
-    total += pixels * 4 ** (len(w) - 1) * 9 * w[-1] * 12
-    return total

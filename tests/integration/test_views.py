@@ -27,6 +27,7 @@ from cloud.store.frame_store import FrameStore
 from cloud.store.records import ViewRecord
 from cloud.view_queue import QueueFull, ViewQueue
 from codec.bundle import Bundle
+from model.human_eval import psnr
 from tests.conftest import admin_headers, sample_images
 from tests.integration.stored_frames import T0_NS, FrameMaker, StoredSample, open_store
 
@@ -93,11 +94,6 @@ def client(env: ViewEnv) -> Iterator[TestClient]:
 
 def next_job(queue: ViewQueue) -> str:
     return asyncio.run(asyncio.wait_for(queue.get(), 5))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / mse)
 
 
 def test_view_is_rendered_at_the_capped_size(env: ViewEnv, client: TestClient) -> None:
