@@ -12,10 +12,9 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.settings import CloudSettings
+from cloud.db_admin import open_cloud_engine
 from cloud.store.api_keys import ApiKey, ApiKeyStore
-from cloud.store.frame_store import open_engine
-from infra.settings_files import ConfigError, load_settings
+from infra.settings_files import ConfigError
 
 
 class KeyCommandError(Exception):
@@ -25,11 +24,8 @@ class KeyCommandError(Exception):
 def open_key_store(
     config: Path | None, data_dir: Path | None, database_url: str | None
 ) -> ApiKeyStore:
-    settings = load_settings(CloudSettings, config, data_dir=data_dir, database_url=database_url)
-    if settings.database_url is None:  # the default SQLite file lives in data_dir
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return ApiKeyStore(open_engine(settings.resolved_database_url()))
+        return ApiKeyStore(open_cloud_engine(config, data_dir, database_url))
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0]
         raise KeyCommandError(f"database_url: cannot open the key table: {first}") from None

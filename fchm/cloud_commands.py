@@ -16,6 +16,12 @@ key_app = typer.Typer(
     no_args_is_help=True,
 )
 cloud_app.add_typer(key_app, name="key")
+db_app = typer.Typer(
+    help="The cloud's database schema (Alembic migrations; the cloud also applies them "
+    "when it starts).",
+    no_args_is_help=True,
+)
+cloud_app.add_typer(db_app, name="db")
 
 
 @cloud_app.command("serve")
@@ -137,3 +143,29 @@ def key_revoke(
     except KEY_ERRORS as exc:
         raise fail(str(exc)) from None
     typer.echo(f"revoked API key {record.id} ({record.name})")
+
+
+@db_app.command("current")
+def db_current(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
+) -> None:
+    """The database's schema revision and the newest this release knows."""
+    from cloud.db_admin import DB_ERRORS, describe_revision, open_cloud_engine
+
+    try:
+        typer.echo(describe_revision(open_cloud_engine(config, data_dir, database_url)))
+    except DB_ERRORS as exc:
+        raise fail(str(exc)) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
+) -> None:
+    """Migrate the database to this release's schema (safe while replicas run or start)."""
+    from cloud.db_admin import DB_ERRORS, open_cloud_engine, upgrade
+
+    try:
+        typer.echo(upgrade(open_cloud_engine(config, data_dir, database_url)))
+    except DB_ERRORS as exc:
+        raise fail(str(exc)) from None

@@ -8,6 +8,7 @@ the whole edge → gRPC → cloud → REST path run on CPU in seconds.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,28 @@ def root_logger_restored():  # type: ignore[no-untyped-def]
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+PG_SERVER = os.environ.get("FCHM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+"""The loopback PostgreSQL server tests make throwaway databases on (the dev and CI
+machines run one; trust auth)."""
+
+
+@pytest.fixture
+def postgres_url():  # type: ignore[no-untyped-def]
+    """A new, empty PostgreSQL database for one test, dropped after it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    name = f"fchm_test_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL server at {PG_SERVER}: {exc.orig}")
+    yield f"{PG_SERVER}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
+from cloud.store.migrations import migrate
 from cloud.store.schema import api_keys
 from codec.wire import CAMERA_ID
 
@@ -99,7 +100,7 @@ class ApiKeyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         # The CLI may run before the cloud ever started on this database.
-        api_keys.create(engine, checkfirst=True)
+        migrate(engine)
 
     def create(
         self,

@@ -32,6 +32,7 @@ from cloud.store.frame_rows import (
     insert_unless_stored,
     judge_replay,
 )
+from cloud.store.migrations import migrate
 from cloud.store.records import (
     CameraRecord,
     DetectionQuery,
@@ -40,8 +41,7 @@ from cloud.store.records import (
     StoredFrame,
     ViewRecord,
 )
-from cloud.store.schema import cameras, detections, frames, metadata, views
-from cloud.store.upgrades import upgrade_schema
+from cloud.store.schema import cameras, detections, frames, views
 
 __all__ = ["FrameStore", "SequenceReused", "now_ns", "open_engine"]
 
@@ -98,8 +98,7 @@ class FrameStore:
     def __init__(self, engine: Engine, blobs: LocalBlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
-        metadata.create_all(engine)
-        upgrade_schema(engine)  # columns added since the database was created
+        migrate(engine)  # create, or upgrade what an older release made
 
     @classmethod
     def open(cls, database_url: str, blob_dir: Path) -> FrameStore:

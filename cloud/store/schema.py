@@ -1,5 +1,8 @@
 """Tables. Times are integer nanoseconds since the Unix epoch (UTC): exact, and the
-same on SQLite and PostgreSQL."""
+same on SQLite and PostgreSQL.
+
+The database is created and upgraded by the migrations in ``cloud/store/migrations/``;
+a change here needs a new revision there (a test compares the two on both engines)."""
 
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ detections = Table(
     Index("ix_detections_camera_time", "camera_id", "capture_time_ns", "id"),
     Index("ix_detections_label_time", "label", "capture_time_ns", "id"),
     Index("ix_detections_frame", "frame_id"),
+    Index("ix_detections_camera_label_time", "camera_id", "label", "capture_time_ns", "id"),
 )
 
 views = Table(
@@ -91,6 +95,8 @@ views = Table(
     Column("width", Integer),  # the rendered image's size (status done)
     Column("height", Integer),
     Index("ix_views_status", "status", "created_ns"),
+    Index("ix_views_frame", "frame_id"),
+    Index("ix_views_created", "created_ns", "id"),
 )
 
 # REST API keys (cloud/store/api_keys.py). Only the sha256 of a key is stored; the key
