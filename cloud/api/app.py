@@ -8,7 +8,7 @@
         ├─ /healthz /readyz /metrics   health.py
         └─ /docs /redoc     docs.py (assets served locally: works offline)
     every route but /healthz, /readyz and the docs ─► auth.py: an API key with a scope
-    every error ─► errors.handle_error ─► {"error": {"status", "message", "field"}}
+    every error ─► errors.handle_error ─► application/problem+json (RFC 9457)
 
 The app starts no background work: the server's lifespan hook starts the restore
 workers (``cloud.restore_worker.start_view_workers``) and ingest.
@@ -45,9 +45,15 @@ integer (ids, sequences, `*_ns` times) also comes as an exact decimal string `<n
 nanosecond times exceed 2^53, where JavaScript numbers (and jq) round, so JavaScript
 clients should read the `_str` form. Query parameters take either form (`since_ns`,
 `until_ns` take `time_ns`). Lists are ordered by capture time, oldest first or
-`order=newest`, and paged with an opaque `cursor` (pass it with the same `order`). Every
-error has the body `{"error": {"status", "message", "field"}}`. The API reference is also
-at `/redoc`.
+`order=newest`, and paged with an opaque `cursor` (pass it with the same `order`). The API
+reference is also at `/redoc`.
+
+Every error is an RFC 9457 problem details object, `application/problem+json`:
+`{"type", "title", "status", "detail", "instance", "field"}`. `type` is
+`https://fchm.dev/problems/<slug>` by status (`bad-request`, `unauthorized`, `forbidden`,
+`not-found`, `conflict`, `validation-error`, `service-unavailable`, `internal-error`, ...),
+`title` its reason phrase, `detail` what is wrong, `instance` the request path and
+`field` the bad parameter (or null). Some errors add members, e.g. `view_status`.
 
 Every route but `/healthz` and `/readyz` needs an API key (`fchm cloud key create`),
 sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes: `read` (cameras,

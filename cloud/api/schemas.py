@@ -20,18 +20,21 @@ from cloud.store.records import CameraRecord, DetectionRecord, FrameRecord, View
 # ── errors ───────────────────────────────────────────────────────────────────
 
 
-class ErrorDetail(BaseModel):
-    """Some errors add context, e.g. ``view_status`` on a 409 for a view not done yet."""
-
-    model_config = ConfigDict(extra="allow")
-
-    status: int = Field(description="HTTP status code")
-    message: str = Field(description="What is wrong, naming the bad parameter")
-    field: str | None = Field(description="The bad parameter or body field, if one")
-
-
 class ErrorBody(BaseModel):
-    error: ErrorDetail
+    """An RFC 9457 problem details object, sent as ``application/problem+json``. Some
+    errors add members, e.g. ``view_status`` on a 409 for a view not done yet."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(
+        description="URI of the problem type, by status: https://fchm.dev/problems/<slug>",
+        examples=["https://fchm.dev/problems/not-found"],
+    )
+    title: str = Field(description="The HTTP reason phrase of `status`", examples=["Not Found"])
+    status: int = Field(description="HTTP status code")
+    detail: str = Field(description="What is wrong, naming the bad parameter")
+    instance: str = Field(description="The request path", examples=["/v1/frames/42"])
+    field: str | None = Field(description="The bad parameter or body field, if one")
 
 
 Int64 = Annotated[int, Field(json_schema_extra={"format": "int64"})]
@@ -47,7 +50,13 @@ def int64_twin(name: str) -> Any:
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
-    return {code: {"model": ErrorBody} for code in codes}
+    """OpenAPI entries for ``codes``, plus ``default`` (any other error, e.g. a 500), all
+    ``application/problem+json``. The schema is inline: FastAPI would list a ``model``
+    under application/json. ``default`` also stands in for FastAPI's own 422 entry, whose
+    HTTPValidationError body this API never sends."""
+    schema = ErrorBody.model_json_schema()
+    problem: dict[str, object] = {"content": {"application/problem+json": {"schema": schema}}}
+    return {**{code: problem for code in codes}, "default": {"description": "Error", **problem}}
 
 
 # ── cameras ──────────────────────────────────────────────────────────────────

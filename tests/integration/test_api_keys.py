@@ -53,8 +53,8 @@ def env(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def error(r, status: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
     assert r.status_code == status, r.text
-    body = r.json()["error"]
-    assert body["status"] == status and body["message"]
+    body = r.json()
+    assert body["status"] == status and body["detail"]
     return body  # type: ignore[no-any-return]
 
 
@@ -75,7 +75,7 @@ def test_every_route_needs_a_key(env: Env, path: str) -> None:
     r = env.client.get(path)
     body = error(r, 401)
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
-    assert "Authorization: Bearer <key>" in str(body["message"])
+    assert "Authorization: Bearer <key>" in str(body["detail"])
 
 
 def test_post_view_needs_a_key(env: Env) -> None:
@@ -96,10 +96,10 @@ def test_wrong_keys_are_401_and_say_why(env: Env) -> None:
         (f"fchm_000000000000_{secret}", "not valid"),  # unknown id: the same answer
     ]:
         r = env.client.get("/v1/cameras", headers={"Authorization": f"Bearer {bad}"})
-        assert why in str(error(r, 401)["message"])
+        assert why in str(error(r, 401)["detail"])
         assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
     r = env.client.get("/v1/cameras", headers={"Authorization": f"Basic {good}"})
-    assert "must be Bearer, not 'Basic'" in str(error(r, 401)["message"])
+    assert "must be Bearer, not 'Basic'" in str(error(r, 401)["detail"])
     # The same key in X-API-Key works.
     assert env.client.get("/v1/cameras", headers={"X-API-Key": good}).status_code == 200
 
@@ -110,19 +110,19 @@ def test_revoked_and_expired_keys_are_401(env: Env) -> None:
     assert env.client.get("/v1/cameras", headers=headers).status_code == 200
     env.keys.revoke(record.id)
     r = env.client.get("/v1/cameras", headers=headers)
-    assert str(error(r, 401)["message"]) == f"API key {record.id} (laptop) is revoked"
+    assert str(error(r, 401)["detail"]) == f"API key {record.id} (laptop) is revoked"
     old, key = env.keys.create("old", ["read"], expires_ns=time.time_ns() - 1)
     r = env.client.get("/v1/cameras", headers={"Authorization": f"Bearer {key}"})
-    assert str(error(r, 401)["message"]) == f"API key {old.id} (old) is expired"
+    assert str(error(r, 401)["detail"]) == f"API key {old.id} (old) is expired"
 
 
 def test_scopes(env: Env) -> None:
     read, view, admin = env.key("read"), env.key("view"), env.key("admin")
     frame_id = env.frames["cam-a"]
     body = error(env.client.post("/v1/views", json={"frame_id": frame_id}, headers=read), 403)
-    assert "needs 'view'" in str(body["message"]) and body["needed_scope"] == "view"
-    assert "needs 'admin'" in str(error(env.client.get("/metrics", headers=read), 403)["message"])
-    assert "needs 'admin'" in str(error(env.client.get("/metrics", headers=view), 403)["message"])
+    assert "needs 'view'" in str(body["detail"]) and body["needed_scope"] == "view"
+    assert "needs 'admin'" in str(error(env.client.get("/metrics", headers=read), 403)["detail"])
+    assert "needs 'admin'" in str(error(env.client.get("/metrics", headers=view), 403)["detail"])
     # view implies read: the requester can poll its job and read frames.
     job = env.client.post("/v1/views", json={"frame_id": frame_id}, headers=view)
     assert job.status_code == 202, job.text
@@ -147,20 +147,20 @@ def test_a_camera_limited_key_sees_only_its_cameras(env: Env) -> None:
     # Naming another camera is 403, and says which camera.
     for path in ("/v1/frames", "/v1/detections"):
         body = error(get(path, params={"camera": "cam-b"}, headers=mine), 403)
-        assert "may not see camera 'cam-b'" in str(body["message"]) and body["field"] == "camera"
+        assert "may not see camera 'cam-b'" in str(body["detail"]) and body["field"] == "camera"
     body = error(
         env.client.post("/v1/views", json={"camera": "cam-b", "sequence": 0}, headers=mine), 403
     )
-    assert "'cam-b'" in str(body["message"])
+    assert "'cam-b'" in str(body["detail"])
 
     # Another camera's frame by id reads exactly like a frame that does not exist.
     other = env.frames["cam-b"]
     for path in (f"/v1/frames/{other}", f"/v1/frames/{other}/bitstream"):
-        assert error(get(path, headers=mine), 404)["message"] == f"frame {other} does not exist"
+        assert error(get(path, headers=mine), 404)["detail"] == f"frame {other} does not exist"
     missing = error(get("/v1/frames/999999", headers=mine), 404)
-    assert missing["message"] == "frame 999999 does not exist"
+    assert missing["detail"] == "frame 999999 does not exist"
     r = env.client.post("/v1/views", json={"frame_id": other}, headers=mine)
-    assert error(r, 404)["message"] == f"frame {other} does not exist"
+    assert error(r, 404)["detail"] == f"frame {other} does not exist"
     # A view of another camera (requested by someone else) is hidden the same way.
     job = env.client.post("/v1/views", json={"frame_id": other}, headers=env.key("view")).json()
     assert error(get(f"/v1/views/{job['id']}", headers=mine), 404)["field"] == "view_id"

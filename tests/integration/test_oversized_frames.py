@@ -130,7 +130,7 @@ def test_a_legacy_65535_squared_frame_view_fails_with_a_clear_error(
         assert "image_size 65535x65535" in str(view["error"])
         assert f"MAX_IMAGE_SIDE {MAX_IMAGE_SIDE}" in str(view["error"])
         r = api.get(f"/v1/views/{view['id']}/image")
-        assert r.status_code == 409 and "MAX_IMAGE_SIDE" in r.json()["error"]["message"]
+        assert r.status_code == 409 and "MAX_IMAGE_SIDE" in r.json()["detail"]
         assert api.get("/readyz").status_code == 200
     assert peak < 48 * MB, f"the failed view peaked at {peak / MB:.0f} MiB"
 

@@ -273,17 +273,25 @@ def test_bad_requests_name_the_parameter(
 ) -> None:
     r = api.client.get(path, params=params)
     assert r.status_code == status, r.text
-    error = r.json()["error"]
+    error = r.json()
     assert error["status"] == status
     assert error["field"] == field
     for word in words:
-        assert word in error["message"]
+        assert word in error["detail"]
 
 
 def test_unknown_route_has_the_same_error_shape(api: Api) -> None:
     r = api.client.get("/v1/nothing")
     assert r.status_code == 404
-    assert r.json() == {"error": {"status": 404, "message": "Not Found", "field": None}}
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json() == {
+        "type": "https://fchm.dev/problems/not-found",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "Not Found",
+        "instance": "/v1/nothing",
+        "field": None,
+    }
 
 
 def test_camera_filter_for_a_camera_with_no_frames_is_empty(api: Api) -> None:

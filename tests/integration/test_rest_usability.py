@@ -1,6 +1,7 @@
 """What a newcomer meets on the REST side: newest-first lists with cursors both ways,
 64-bit integers JavaScript can read, query parameters that take what the API outputs,
-/docs without internet, and the README's commands as written.
+errors as RFC 9457 problem details, /docs without internet, and the README's commands
+as written.
 
 Runs over the same real SQLite store as test_rest_api.py (its ``api`` fixture).
 """
@@ -8,6 +9,7 @@ Runs over the same real SQLite store as test_rest_api.py (its ``api`` fixture).
 from __future__ import annotations
 
 import base64
+import http
 import json
 import re
 from collections.abc import Iterator
@@ -71,9 +73,9 @@ def test_a_cursor_only_pages_in_its_own_order(api: Api, path: str) -> None:
         body = api.client.get(path, params={"limit": 1, "order": made.value}).json()
         r = api.client.get(path, params={"cursor": body["next_cursor"], "order": used.value})
         assert r.status_code == 400, r.text
-        error = r.json()["error"]
+        error = r.json()
         assert error["field"] == "cursor"
-        assert f"order={made.value}" in error["message"] and used.value in error["message"]
+        assert f"order={made.value}" in error["detail"] and used.value in error["detail"]
     # A cursor from the default order needs no `order` to go on.
     body = api.client.get(path, params={"limit": 1}).json()
     assert api.client.get(path, params={"cursor": body["next_cursor"]}).status_code == 200
@@ -91,8 +93,8 @@ def test_cursors_from_before_order_existed_still_page_oldest_first(api: Api) -> 
 def test_an_unknown_order_names_the_choices(api: Api) -> None:
     r = api.client.get("/v1/detections", params={"order": "desc"})
     assert r.status_code == 422
-    error = r.json()["error"]
-    assert error["field"] == "order" and "oldest" in error["message"]
+    error = r.json()
+    assert error["field"] == "order" and "oldest" in error["detail"]
 
 
 # ── 64-bit integers JavaScript can read ──────────────────────────────────────
@@ -181,10 +183,68 @@ def test_query_parameters_take_what_the_api_outputs(api: Api) -> None:
 def test_bad_ns_bounds_name_the_parameter(api: Api, params: dict[str, Any], field: str) -> None:
     r = api.client.get("/v1/frames", params=params)
     assert r.status_code in (400, 422), r.text
-    error = r.json()["error"]
+    error = r.json()
     assert error["field"] == field
     if "since" in params and "since_ns" not in params:
-        assert "since_ns" in error["message"]
+        assert "since_ns" in error["detail"]
+
+
+# ── errors are RFC 9457 problem details ──────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "slug", "title", "field"),
+    [
+        ("/v1/detections", {"since": "0001-01-01T00:00:00"}, 400, "bad-request", "Bad Request",
+         "since"),
+        ("/v1/frames/99999", {}, 404, "not-found", "Not Found", "frame_id"),
+        ("/v1/detections", {"order": "desc"}, 422, "validation-error",
+         http.HTTPStatus(422).phrase, "order"),
+        ("/v1/frames", {}, 401, "unauthorized", "Unauthorized", None),
+    ],
+)  # fmt: skip
+def test_errors_are_problem_details(
+    api: Api,
+    path: str,
+    params: dict[str, Any],
+    status: int,
+    slug: str,
+    title: str,
+    field: str | None,
+) -> None:
+    client = TestClient(api.client.app) if status == 401 else api.client  # 401: no API key
+    r = client.get(path, params=params)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["type"] == f"https://fchm.dev/problems/{slug}"
+    assert (problem["title"], problem["status"]) == (title, status)
+    assert isinstance(problem["detail"], str) and problem["detail"]
+    assert problem["instance"] == path
+    assert problem["field"] == field
+    assert "error" not in problem and "message" not in problem
+    if status == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert "Authorization: Bearer <key>" in problem["detail"]
+
+
+def test_openapi_documents_errors_as_problem_json(api: Api) -> None:
+    spec = api.client.get("/openapi.json").json()
+    errors = {
+        (path, method, code): response
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        for code, response in op["responses"].items()
+        if (code == "default" or int(code) >= 400) and path != "/readyz"  # a 503 Readiness
+    }
+    assert {code for _, _, code in errors} >= {"400", "401", "403", "404", "422", "default"}
+    for where, response in errors.items():
+        assert list(response["content"]) == ["application/problem+json"], where
+        schema = response["content"]["application/problem+json"]["schema"]
+        assert set(schema["required"]) >= {"type", "title", "status", "detail", "instance"}
+        assert schema["additionalProperties"] is True, where  # extension members
+    # FastAPI's own 422 body (HTTPValidationError) is never sent, so never documented.
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
 # ── /docs offline ────────────────────────────────────────────────────────────
@@ -272,7 +332,7 @@ def test_readme_sequence_0_says_which_sequences_exist(gate: TestClient) -> None:
     body = '{"camera": "gate-1", "sequence": 0}'  # the README's body before this fix
     r = gate.post("/v1/views", headers={"content-type": "application/json"}, content=body)
     assert r.status_code == 404
-    error = r.json()["error"]
+    error = r.json()
     assert error["field"] == "sequence"
     for words in ("sequence 0", "1796286220970530", "1796286220970532", "omit 'sequence'"):
-        assert words in error["message"]
+        assert words in error["detail"]

@@ -112,7 +112,7 @@ def test_view_is_rendered_at_the_capped_size(env: ViewEnv, client: TestClient) -
     # Not rendered yet: the image is a 409 that says the job's status.
     r = client.get(body["links"]["image"])
     assert r.status_code == 409
-    assert r.json()["error"]["view_status"] == "queued"
+    assert r.json()["view_status"] == "queued"
 
     assert next_job(env.queue) == body["id"]
     assert env.metrics.views_queued._value.get() == 0
@@ -187,16 +187,16 @@ def test_bad_view_requests_name_the_field(
 ) -> None:
     r = client.post("/v1/views", json=body)
     assert r.status_code == status, r.text
-    error = r.json()["error"]
+    error = r.json()
     assert (error["status"], error["field"]) == (status, field)
     for word in words:
-        assert word in error["message"]
+        assert word in error["detail"]
 
 
 def test_unknown_view_is_404(client: TestClient) -> None:
     for path in ("/v1/views/nope", "/v1/views/nope/image"):
         r = client.get(path)
-        assert r.status_code == 404 and r.json()["error"]["field"] == "view_id"
+        assert r.status_code == 404 and r.json()["field"] == "view_id"
 
 
 def test_full_queue_is_503_with_retry_after(env: ViewEnv, client: TestClient) -> None:
@@ -205,7 +205,7 @@ def test_full_queue_is_503_with_retry_after(env: ViewEnv, client: TestClient) ->
     r = client.post("/v1/views", json={"frame_id": 1})
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) > 0
-    assert "max_queued_views" in r.json()["error"]["message"]
+    assert "max_queued_views" in r.json()["detail"]
     with pytest.raises(QueueFull):
         env.queue.submit(1, "preview")
     # A rejected request leaves no job behind.
