@@ -6,6 +6,7 @@ The settings come from the same places as ``fchm cloud serve`` (--config, FCHM_C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -43,3 +44,7 @@ def upgrade(engine: Engine) -> str:
     if before == after:
         return f"{safe_url(str(engine.url))}: already at {after}"
     return f"{safe_url(str(engine.url))}: {before or 'none'} → {after}"
+
+
+DB_COMMANDS: dict[str, Callable[[Engine], str]] = {"current": describe_revision, "upgrade": upgrade}
+"""``fchm cloud db <name>``: what each does, as the line it prints."""

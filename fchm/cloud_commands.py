@@ -150,12 +150,7 @@ def db_current(
     config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
 ) -> None:
     """The database's schema revision and the newest this release knows."""
-    from cloud.db_admin import DB_ERRORS, describe_revision, open_cloud_engine
-
-    try:
-        typer.echo(describe_revision(open_cloud_engine(config, data_dir, database_url)))
-    except DB_ERRORS as exc:
-        raise fail(str(exc)) from None
+    _db_command("current", config, data_dir, database_url)
 
 
 @db_app.command("upgrade")
@@ -163,9 +158,15 @@ def db_upgrade(
     config: ConfigOpt = None, data_dir: DataDirOpt = None, database_url: DatabaseUrlOpt = None
 ) -> None:
     """Migrate the database to this release's schema (safe while replicas run or start)."""
-    from cloud.db_admin import DB_ERRORS, open_cloud_engine, upgrade
+    _db_command("upgrade", config, data_dir, database_url)
+
+
+def _db_command(
+    name: str, config: Path | None, data_dir: Path | None, database_url: str | None
+) -> None:
+    from cloud.db_admin import DB_COMMANDS, DB_ERRORS, open_cloud_engine
 
     try:
-        typer.echo(upgrade(open_cloud_engine(config, data_dir, database_url)))
+        typer.echo(DB_COMMANDS[name](open_cloud_engine(config, data_dir, database_url)))
     except DB_ERRORS as exc:
         raise fail(str(exc)) from None

@@ -37,6 +37,12 @@ class ErrorBody(BaseModel):
     field: str | None = Field(description="The bad parameter or body field, if one")
 
 
+# The OpenAPI entry of every error response (built once, at import).
+_PROBLEM: dict[str, object] = {
+    "content": {"application/problem+json": {"schema": ErrorBody.model_json_schema()}}
+}
+
+
 Int64 = Annotated[int, Field(json_schema_extra={"format": "int64"})]
 
 
@@ -54,9 +60,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
     ``application/problem+json``. The schema is inline: FastAPI would list a ``model``
     under application/json. ``default`` also stands in for FastAPI's own 422 entry, whose
     HTTPValidationError body this API never sends."""
-    schema = ErrorBody.model_json_schema()
-    problem: dict[str, object] = {"content": {"application/problem+json": {"schema": schema}}}
-    return {**{code: problem for code in codes}, "default": {"description": "Error", **problem}}
+    return {**{code: _PROBLEM for code in codes}, "default": {"description": "Error", **_PROBLEM}}
 
 
 # ── cameras ──────────────────────────────────────────────────────────────────

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, select, tuple_, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
@@ -356,11 +356,10 @@ def _time_window(
     if until_ns is not None:
         conds.append(c.capture_time_ns < until_ns)
     if after is not None:
-        t, i = after
-        if newest_first:
-            conds.append(or_(c.capture_time_ns < t, and_(c.capture_time_ns == t, c.id < i)))
-        else:
-            conds.append(or_(c.capture_time_ns > t, and_(c.capture_time_ns == t, c.id > i)))
+        # A row-value comparison: both engines use it as a bound on the (…, time, id)
+        # index, where ``t < T OR (t = T AND id < I)`` was a filter over every row passed.
+        keyset = tuple_(c.capture_time_ns, c.id)
+        conds.append(keyset < tuple_(*after) if newest_first else keyset > tuple_(*after))
     return conds
 
 

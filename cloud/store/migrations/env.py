@@ -14,7 +14,6 @@ context.configure(
     target_metadata=metadata,
     # SQLite cannot ALTER most things: Alembic's batch mode rebuilds the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
-    compare_type=True,
 )
 with context.begin_transaction():
     context.run_migrations()
