@@ -229,6 +229,9 @@ def run_agent(
             give_up=give_up,
         )
         done.set()
+        if settings.progress_interval_s > 0:
+            # A run shorter than one interval still shows where it ended.
+            _progress_line(report, uplink, spool, live=False)
         report.elapsed_s = time.perf_counter() - started
         report.acked, report.duplicates = uplink.stats.acked, uplink.stats.duplicates
         report.detections = uplink.stats.detections
@@ -277,12 +280,16 @@ def _log_progress(
     report: AgentReport, uplink: Uplink, spool: Spool, done: threading.Event, every_s: float
 ) -> None:
     while not done.wait(every_s):
-        dropped = sum(report.dropped.values())
-        log.info(
-            "camera %s: %d captured, %d encoded, %d acked, %d spooled, %d dropped%s",
-            report.camera_id, report.captured, report.frames, uplink.stats.acked,
-            spool.frames, dropped, "" if uplink.connected else " (cloud not connected)",
-        )  # fmt: skip
+        _progress_line(report, uplink, spool, live=True)
+
+
+def _progress_line(report: AgentReport, uplink: Uplink, spool: Spool, *, live: bool) -> None:
+    dropped = sum(report.dropped.values())
+    log.info(
+        "camera %s: %d captured, %d encoded, %d acked, %d spooled, %d dropped%s",
+        report.camera_id, report.captured, report.frames, uplink.stats.acked, spool.frames,
+        dropped, " (cloud not connected)" if live and not uplink.connected else "",
+    )  # fmt: skip
 
 
 def _clock(frame: CapturedFrame) -> float:

@@ -7,8 +7,10 @@ the whole edge → gRPC → cloud → REST path run on CPU in seconds.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ import pytest
 from fchm import cloud_process
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process installs a handler on pytest's captured stderr, which
+    closes with the test; later log lines (Alembic's, say) would hit a closed file."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
 
 TINY_YAML = {
     "nc": 2,
