@@ -64,3 +64,9 @@ class CloudMetrics:
         self.streams = Gauge("fchm_ingest_streams", "Open edge streams", registry=r)
         self.views_queued = Gauge("fchm_views_queued", "View jobs waiting", registry=r)
         self.views = Counter("fchm_views", "View jobs finished", ["status"], registry=r)
+        self.views_reused = Counter(
+            "fchm_views_reused",
+            "View requests answered by an existing job (done: cached; queued/running: joined)",
+            ["status"],
+            registry=r,
+        )

@@ -1,6 +1,7 @@
 """Restore worker: one view job id in, one PNG in the blob store out.
 
-    queue.get() ─► job row (mark running, attempts + 1) ─► frame row ─► bitstream blob(s)
+    queue.get() ─► job row (past its deadline: failed, "expired"; else running,
+        attempts + 1) ─► frame row ─► bitstream blob(s)
         ─► LatentReferences.decode_stored (a P-frame: from its keyframe on)
         ─► RESTORERS[kind] at view_size (ORT, in a thread) ─► PNG
         ─► blobs.put("views/<id>.png") ─► job row (done, image_key, size) │ (failed, error)
@@ -122,7 +123,16 @@ class RestoreWorker:
             return None
         if job.status in FINISHED:
             return job
-        self.store.start_view(view_id)
+        if job.deadline_ns is not None and now_ns() > job.deadline_ns:
+            late_s = (now_ns() - job.deadline_ns) / 1e9
+            error = f"expired: no worker started it before its deadline ({late_s:.1f} s late)"
+            log.info("view %s %s", view_id, error)
+            self.store.update_view(view_id, status="failed", finished_ns=now_ns(), error=error)
+            self.metrics.views.labels("expired").inc()
+            return self.store.get_view(view_id)
+        if not self.store.start_view(view_id):  # deleted (DELETE /v1/views) since
+            log.info("view %s: deleted before it started", view_id)
+            return None
 
         try:
             # 2. Frame and its exact stored bytes.

@@ -31,6 +31,7 @@ from cloud.ingest_servicer import IngestServicer
 from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
 from cloud.settings import CloudSettings
+from cloud.store.blobs import open_blob_store
 from cloud.store.frame_store import FrameStore
 from cloud.tail_batcher import BatchedTail
 from cloud.view_queue import ViewQueue
@@ -153,7 +154,11 @@ class CloudServer:
 
         # 2. Durable state.
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        store = FrameStore.open(s.resolved_database_url(), s.data_dir / "blobs")
+        # The bucket is checked here: a wrong one stops the start, not the first frame.
+        blobs = open_blob_store(
+            s.blob_url, s.data_dir / "blobs", endpoint_url=s.s3_endpoint_url, region=s.s3_region
+        )
+        store = FrameStore.open(s.resolved_database_url(), blobs)
 
         # 3. Ingest: decoder + detector tail behind the gRPC servicer.
         decoder = FrameDecoder(bundle)

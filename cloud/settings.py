@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.store.blobs import check_blob_url, check_endpoint_url
 from codec.wire import CAMERA_ID, MAX_IMAGE_SIDE
 
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -19,6 +21,20 @@ class CloudSettings(BaseSettings):
 
     bundle: Path = Field(Path("bundles/default"), description="Model bundle directory")
     data_dir: Path = Field(Path("var/cloud"), description="Blob directory (and SQLite file)")
+    blob_url: Annotated[str | None, AfterValidator(check_blob_url)] = Field(
+        None,
+        description="s3://bucket/prefix: frame bitstreams and view images as objects in "
+        "an S3-compatible bucket, credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "AWS_PROFILE or an instance role (none: the directory <data_dir>/blobs)",
+    )
+    s3_endpoint_url: Annotated[str | None, AfterValidator(check_endpoint_url)] = Field(
+        None,
+        description="Endpoint of an S3-compatible server for blob_url, e.g. "
+        "http://127.0.0.1:9000 for MinIO (none: AWS S3)",
+    )
+    s3_region: str | None = Field(
+        None, min_length=1, description="Region of blob_url's bucket (none: boto3's default)"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/fchm.db"
     )
@@ -52,7 +68,9 @@ class CloudSettings(BaseSettings):
     max_message_bytes: int = Field(
         8 << 20, gt=1024, description="Largest gRPC message (one frame bitstream) accepted"
     )
-    max_queued_views: int = Field(64, ge=1, description="View jobs waiting before 503")
+    max_queued_views: int = Field(
+        64, ge=1, description="View jobs waiting before POST /v1/views answers 429"
+    )
     view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")
     view_max_side: int | None = Field(
         None,
@@ -81,6 +99,15 @@ class CloudSettings(BaseSettings):
         ge=0,
         le=1000,
         description="How long the first frame of a batch waits for more (tail_max_batch > 1)",
+    )
+
+    camera_online_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A camera is online (GET /v1/cameras) if heard from within this long",
+    )
+    camera_rate_window_s: float = Field(
+        60.0, gt=0, le=3600, description="Window of a camera's fps and kbit/s in its status"
     )
 
     camera_tokens: dict[str, str] = Field(

@@ -1,13 +1,21 @@
 """View jobs: the in-process queue between ``POST /v1/views`` and the restore workers.
 
-    POST /v1/views ─► ViewQueue.submit ─► store.create_view (status "queued", durable)
-                                        └► pending ids (bounded) ─► await get() ─► RestoreWorker
+    POST /v1/views ─► ViewQueue.request ─► same frame+kind done, queued or running? ─► that job
+                                       └► submit ─► store.create_view (status "queued", durable)
+                                                 └► pending ids (bounded, by priority)
+                                                     ─► await get() ─► RestoreWorker
 
 The database row is the job; the queue only holds its id. A job is persisted
 before it is enqueued, and a new ViewQueue re-enqueues every job the store still
 has queued or running, so a restart loses no requested view. A job found running
 that was already started ``view_max_attempts`` times took the process down that
 often: it is marked failed instead, so one bad job cannot crash-loop the cloud.
+
+Pending ids are served highest ``priority`` first, oldest first within one. A request
+for a frame and kind that already has a job is answered with that job: a done one is a
+cached result, a queued or running one is the same work (de-duplication; best effort,
+two requests at the same instant may both queue). A job's deadline is checked when a
+worker takes it (``RestoreWorker``): too late, it fails without rendering.
 
 This is the embedded default. Redis or NATS JetStream queues come later behind the
 same small ``ViewJobQueue`` protocol.
@@ -20,6 +28,8 @@ ids; a waiting ``get`` is woken with ``call_soon_threadsafe`` on its own loop.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import threading
 import uuid
@@ -60,7 +70,18 @@ class ViewJobQueue(Protocol):
         """View kinds this queue accepts (``RESTORERS``' keys)."""
         ...
 
-    def submit(self, frame_id: int, kind: str) -> ViewRecord: ...
+    def submit(
+        self, frame_id: int, kind: str, priority: int = 5, deadline_s: float | None = None
+    ) -> ViewRecord: ...
+
+    def request(
+        self,
+        frame_id: int,
+        kind: str,
+        priority: int = 5,
+        deadline_s: float | None = None,
+        reuse: bool = True,
+    ) -> tuple[ViewRecord, bool]: ...
 
     async def get(self) -> str: ...
 
@@ -83,7 +104,8 @@ class ViewQueue:
         self.max_queued = settings.max_queued_views
         self.max_attempts = settings.view_max_attempts
         self._lock = threading.Lock()
-        self._pending: deque[str] = deque()
+        self._pending: list[tuple[int, int, str]] = []  # heap of (-priority, order, id)
+        self._order = itertools.count()
         self._reserved = 0  # slots taken by submits whose row is being written
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
         self._recover()
@@ -93,11 +115,34 @@ class ViewQueue:
         return self._kinds
 
     # ── producers ────────────────────────────────────────────────────────────
-    def submit(self, frame_id: int, kind: str) -> ViewRecord:
+    def request(
+        self,
+        frame_id: int,
+        kind: str,
+        priority: int = 5,
+        deadline_s: float | None = None,
+        reuse: bool = True,
+    ) -> tuple[ViewRecord, bool]:
+        """The job that answers a request, and whether it is an existing one (``reuse``:
+        a done view of this frame and kind, or one queued or running); else ``submit``."""
+        if kind not in self.kinds:
+            raise UnknownViewKind(kind, self.kinds)
+        if reuse:
+            found = self.store.reusable_view(frame_id, kind)
+            if found is not None:
+                self.metrics.views_reused.labels(found.status).inc()
+                return found, True
+        return self.submit(frame_id, kind, priority, deadline_s), False
+
+    def submit(
+        self, frame_id: int, kind: str, priority: int = 5, deadline_s: float | None = None
+    ) -> ViewRecord:
         """Persist a queued job and enqueue it; raises UnknownViewKind, UnknownFrame, QueueFull."""
         # 1. Check inputs.
         if kind not in self.kinds:
             raise UnknownViewKind(kind, self.kinds)
+        if not 0 <= priority <= 9:
+            raise ValueError(f"priority {priority} outside 0..9")
         if self.store.get_frame(frame_id) is None:
             raise UnknownFrame(frame_id)
         # 2. Reserve a slot, so concurrent submits cannot overshoot the bound.
@@ -108,12 +153,15 @@ class ViewQueue:
                 )
             self._reserved += 1
         # 3. Persist, then enqueue: an enqueued id always has a row.
+        created_ns = now_ns()
         view = ViewRecord(
             id=str(uuid.uuid4()),
             frame_id=frame_id,
             kind=kind,
             status="queued",
-            created_ns=now_ns(),
+            created_ns=created_ns,
+            priority=priority,
+            deadline_ns=None if deadline_s is None else created_ns + round(deadline_s * 1e9),
         )
         try:
             self.store.create_view(view)
@@ -121,8 +169,8 @@ class ViewQueue:
             with self._lock:
                 self._reserved -= 1
             raise
-        self._push(view.id, reserved=True)
-        log.info("view %s queued (frame %d, %s)", view.id, frame_id, kind)
+        self._push(view.id, priority, reserved=True)
+        log.info("view %s queued (frame %d, %s, priority %d)", view.id, frame_id, kind, priority)
         return view
 
     def _recover(self) -> None:
@@ -135,7 +183,7 @@ class ViewQueue:
                     self._give_up(view)
                     continue
                 self.store.update_view(view.id, status="queued", started_ns=None)
-            self._push(view.id)  # already accepted: not subject to the bound
+            self._push(view.id, view.priority)  # already accepted: not subject to the bound
             requeued += 1
         if requeued:
             log.info("re-queued %d unfinished view jobs", requeued)
@@ -151,11 +199,11 @@ class ViewQueue:
         self.store.update_view(view.id, status="failed", finished_ns=now_ns(), error=error)
         self.metrics.views.labels("failed").inc()
 
-    def _push(self, view_id: str, reserved: bool = False) -> None:
+    def _push(self, view_id: str, priority: int, reserved: bool = False) -> None:
         with self._lock:
             # Slot and id change hands in one step, so the bound is never overshot.
             self._reserved -= reserved
-            self._pending.append(view_id)
+            heapq.heappush(self._pending, (-priority, next(self._order), view_id))
             self._wake_one()
         self._update_gauge()
 
@@ -169,12 +217,12 @@ class ViewQueue:
 
     # ── consumers ────────────────────────────────────────────────────────────
     async def get(self) -> str:
-        """Wait for the next job id (oldest first)."""
+        """Wait for the next job id (highest priority, then oldest, first)."""
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
                 if self._pending:
-                    view_id = self._pending.popleft()
+                    view_id = heapq.heappop(self._pending)[2]
                     break
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))

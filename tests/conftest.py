@@ -247,16 +247,17 @@ def cloud(tiny_bundle, tmp_path: Path):  # type: ignore[no-untyped-def]
     running.stop()
 
 
-@pytest.fixture
-def root_logger_restored():  # type: ignore[no-untyped-def]
-    """The CLI's callback installs a log handler (on CliRunner's stderr): take it off after."""
-    import logging
+def wait_for_view(api, view_id: str, timeout_s: float = 20.0) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    """Poll ``GET /v1/views/{id}`` with an httpx-like client until the job is done or
+    failed; the last body (the caller asserts on it)."""
+    import time
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = api.get(f"/v1/views/{view_id}").json()
+        if view["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return view  # type: ignore[no-any-return]
+        time.sleep(0.05)
 
 
 PG_SERVER = os.environ.get("FCHM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -90,4 +91,26 @@ def create_app(
     for module in (cameras, detections, frames, views, health):
         app.include_router(module.router)
     install_docs(app)
+    _list_labels(app, services.bundle.class_names)
     return app
+
+
+def _list_labels(app: FastAPI, labels: Sequence[str]) -> None:
+    """The valid values of every ``label`` query parameter are this bundle's classes, known
+    only at start: OpenAPI lists them as the enum of the parameter's items."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for param in operation.get("parameters", []):
+                        if param["name"] == "label":
+                            for option in param["schema"].get("anyOf", [param["schema"]]):
+                                if option.get("type") == "array":
+                                    option["items"]["enum"] = list(labels)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -101,3 +101,15 @@ def check_camera(key: ApiKey, camera_id: str, field: str = "camera") -> None:
             f"it is limited to {', '.join(key.cameras)}",
             field=field,
         )
+
+
+def camera_selection(
+    key: ApiKey, requested: tuple[str, ...] | None, field: str = "camera"
+) -> tuple[str | None, tuple[str, ...] | None]:
+    """The cameras a listing covers, as (one camera, or None) and (an IN list, or None):
+    what was asked (each checked against the key), else what the key is limited to."""
+    if requested is None:
+        return None, key.camera_filter
+    for camera_id in requested:
+        check_camera(key, camera_id, field)
+    return (requested[0], None) if len(requested) == 1 else (None, requested)

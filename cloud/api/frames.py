@@ -51,7 +51,9 @@ def list_frames(
         newest_first=paging.newest_first,
         cameras=key.camera_filter,
     )
-    rows, next_cursor = page(found, paging, lambda f: (f.capture_time_ns, f.id or 0))
+    rows, next_cursor = page(
+        found, paging.limit, paging.order, lambda f: (f.capture_time_ns, f.id or 0)
+    )
     return FramePage(items=[FrameOut.of(f) for f in rows], next_cursor=next_cursor)
 
 

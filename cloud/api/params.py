@@ -160,15 +160,16 @@ def time_window_query(
 TimeWindowDep = Annotated[TimeWindow, Depends(time_window_query)]
 
 
-def encode_cursor(capture_time_ns: int, row_id: int, order: Order = Order.oldest) -> str:
-    raw = json.dumps([capture_time_ns, row_id, order.value], separators=(",", ":")).encode()
+def encode_cursor(time_ns: int, row_id: int | str, order: Order = Order.oldest) -> str:
+    raw = json.dumps([time_ns, row_id, order.value], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str | None, order: Order = Order.oldest) -> tuple[int, int] | None:
-    """The keyset of a cursor this API returned; it must page in ``order``."""
-    if cursor is None:
-        return None
+def _is_int64(v: object) -> bool:
+    return type(v) is int and -_INT64 <= v < _INT64
+
+
+def _keyset(cursor: str, order: Order, id_is_str: bool) -> tuple[int, int | str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         keyset = json.loads(raw)
@@ -177,8 +178,9 @@ def decode_cursor(cursor: str | None, order: Order = Order.oldest) -> tuple[int,
         if len(keyset) == 2:  # cursors handed out before `order` existed page oldest first
             keyset.append(Order.oldest.value)
         t, i, cursor_order = keyset
-        if not all(type(v) is int and -_INT64 <= v < _INT64 for v in (t, i)):
-            raise ValueError("keyset values must be 64-bit integers")
+        id_ok = isinstance(i, str) and 0 < len(i) <= 64 if id_is_str else _is_int64(i)
+        if not (_is_int64(t) and id_ok):
+            raise ValueError("keyset values must be a 64-bit time and an id")
         cursor_order = Order(cursor_order)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ApiError(
@@ -195,6 +197,24 @@ def decode_cursor(cursor: str | None, order: Order = Order.oldest) -> tuple[int,
             "cursor to start over",
             field="cursor",
         )
+    return t, i
+
+
+def decode_cursor(cursor: str | None, order: Order = Order.oldest) -> tuple[int, int] | None:
+    """The keyset (time, integer id) of a cursor this API returned; it must page in ``order``."""
+    if cursor is None:
+        return None
+    t, i = _keyset(cursor, order, id_is_str=False)
+    assert isinstance(i, int)
+    return t, i
+
+
+def decode_str_cursor(cursor: str | None, order: Order) -> tuple[int, str] | None:
+    """As ``decode_cursor``, for rows keyed by a string id (view jobs: uuids)."""
+    if cursor is None:
+        return None
+    t, i = _keyset(cursor, order, id_is_str=True)
+    assert isinstance(i, str)
     return t, i
 
 
@@ -219,10 +239,68 @@ def page_query(
 PageDep = Annotated[PageQuery, Depends(page_query)]
 
 
+K = TypeVar("K", int, str)
+
+
 def page(
-    rows: Sequence[T], q: PageQuery, keyset: Callable[[T], tuple[int, int]]
+    rows: Sequence[T], limit: int, order: Order, keyset: Callable[[T], tuple[int, K]]
 ) -> tuple[list[T], str | None]:
-    """Rows fetched with ``q.limit + 1`` → this page and the cursor of the next (None at end)."""
-    if len(rows) <= q.limit:
+    """Rows fetched with ``limit + 1`` → this page and the cursor of the next (None at end)."""
+    if len(rows) <= limit:
         return list(rows), None
-    return list(rows[: q.limit]), encode_cursor(*keyset(rows[q.limit - 1]), q.order)
+    return list(rows[:limit]), encode_cursor(*keyset(rows[limit - 1]), order)
+
+
+# ── multi-valued filters ─────────────────────────────────────────────────────
+
+MAX_VALUES = 100
+"""Values one repeated query parameter may carry (camera=a&camera=b…)."""
+
+
+def many(values: list[str] | None, field: str, max_length: int = 128) -> tuple[str, ...] | None:
+    """A repeated parameter as a tuple, duplicates dropped in order; each value checked."""
+    if not values:
+        return None
+    if len(values) > MAX_VALUES:
+        raise ApiError(400, f"query parameter '{field}': at most {MAX_VALUES} values", field=field)
+    for value in values:
+        if not 0 < len(value) <= max_length:
+            raise ApiError(
+                400,
+                f"query parameter '{field}': {value[:40]!r} must be 1 to {max_length} characters",
+                field=field,
+            )
+    return tuple(dict.fromkeys(values))
+
+
+CamerasQ = Annotated[
+    list[str] | None,
+    Query(description="Only these cameras; repeat for several (`camera=a&camera=b`)"),
+]
+LabelsQ = Annotated[
+    list[str] | None,
+    Query(description="Only these class labels; repeat for several (`label=person&label=car`)"),
+]
+
+
+# ── timeline buckets ─────────────────────────────────────────────────────────
+
+
+class Bucket(StrEnum):
+    """Timeline bucket widths a client may ask for."""
+
+    s10 = "10s"
+    m1 = "1m"
+    m5 = "5m"
+    m15 = "15m"
+    h1 = "1h"
+    h6 = "6h"
+    d1 = "1d"
+
+    @property
+    def ns(self) -> int:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.value[-1]]
+        return int(self.value[:-1]) * unit * 1_000_000_000
+
+
+MAX_BUCKETS = 10_000

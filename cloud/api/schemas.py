@@ -9,13 +9,20 @@ the integers stay for clients that already read them). Inputs take either form.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
 
-from cloud.api.params import INT64_MAX, iso_utc, optional_iso
+from cloud.api.params import INT64_MAX, Bucket, iso_utc, optional_iso
 from cloud.restorers import RESTORERS
-from cloud.store.records import CameraRecord, DetectionRecord, FrameRecord, ViewRecord
+from cloud.store.records import (
+    CameraActivity,
+    CameraRecord,
+    DetectionRecord,
+    FrameRecord,
+    ViewRecord,
+)
 
 # ── errors ───────────────────────────────────────────────────────────────────
 
@@ -66,6 +73,39 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
 # ── cameras ──────────────────────────────────────────────────────────────────
 
 
+class CameraStatus(BaseModel):
+    """What the camera is doing, from its stored frames (the same answer on every replica)."""
+
+    online: bool = Field(
+        description="Heard from (connected or a frame stored) within camera_online_after_s"
+    )
+    last_frame: str | None = Field(description="Capture time of its newest frame")
+    last_frame_ns: Int64 | None
+    last_received: str | None = Field(description="When its newest frame was received")
+    rate_level: int | None = Field(description="Rate level of its newest frame")
+    window_s: float = Field(description="The recent window `fps` and `kbit_s` cover")
+    fps: float = Field(description="Frames per second captured in the window")
+    kbit_s: float = Field(description="Bitstream kbit/s (1000 bit) in the window")
+
+    @int64_twin("last_frame_ns")  # type: ignore[prop-decorator]
+    @property
+    def last_frame_ns_str(self) -> str | None:
+        return None if self.last_frame_ns is None else str(self.last_frame_ns)
+
+    @classmethod
+    def of(cls, a: CameraActivity, online: bool, window_s: float) -> CameraStatus:
+        return cls(
+            online=online,
+            last_frame=optional_iso(a.last_frame_ns),
+            last_frame_ns=a.last_frame_ns,
+            last_received=optional_iso(a.last_received_ns),
+            rate_level=a.rate_level,
+            window_s=window_s,
+            fps=round(a.frames / window_s, 3),
+            kbit_s=round(a.num_bytes * 8 / 1000 / window_s, 3),
+        )
+
+
 class CameraOut(BaseModel):
     camera_id: str
     bundle_hash: str = Field(description="Bundle the camera's agent announced")
@@ -76,6 +116,7 @@ class CameraOut(BaseModel):
     num_frames: int
     clock_offset_ns: Int64 = Field(description="Cloud clock minus edge clock at the handshake")
     agent_version: str
+    status: CameraStatus
 
     @int64_twin("first_seen_ns")  # type: ignore[prop-decorator]
     @property
@@ -93,8 +134,9 @@ class CameraOut(BaseModel):
         return str(self.clock_offset_ns)
 
     @classmethod
-    def of(cls, c: CameraRecord) -> CameraOut:
+    def of(cls, c: CameraRecord, status: CameraStatus) -> CameraOut:
         return cls(
+            status=status,
             camera_id=c.camera_id,
             bundle_hash=c.bundle_hash,
             first_seen=iso_utc(c.first_seen_ns),
@@ -168,6 +210,44 @@ class DetectionOut(BaseModel):
 class DetectionPage(BaseModel):
     items: list[DetectionOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class CountBucketOut(BaseModel):
+    start: str = Field(
+        description="Bucket start, ISO-8601 UTC (the bucket is [start, start+width))"
+    )
+    start_ns: Int64
+    count: int
+    labels: dict[str, int] | None = Field(
+        description="Count per label (with `by_label=true`; else null)"
+    )
+
+    @int64_twin("start_ns")  # type: ignore[prop-decorator]
+    @property
+    def start_ns_str(self) -> str:
+        return str(self.start_ns)
+
+
+class DetectionCounts(BaseModel):
+    bucket: Bucket
+    since: str
+    since_ns: Int64
+    until: str
+    until_ns: Int64
+    total: int
+    buckets: list[CountBucketOut] = Field(
+        description="Buckets with detections, oldest first; empty buckets are left out"
+    )
+
+    @int64_twin("since_ns")  # type: ignore[prop-decorator]
+    @property
+    def since_ns_str(self) -> str:
+        return str(self.since_ns)
+
+    @int64_twin("until_ns")  # type: ignore[prop-decorator]
+    @property
+    def until_ns_str(self) -> str:
+        return str(self.until_ns)
 
 
 # ── frames ───────────────────────────────────────────────────────────────────
@@ -249,11 +329,33 @@ class FramePage(BaseModel):
 # ── views ────────────────────────────────────────────────────────────────────
 
 
-class ViewRequest(BaseModel):
-    """Either ``frame_id``, or ``camera`` (its newest frame) with an optional ``sequence``.
-    Integers may also be given as decimal strings (``id_str``, ``sequence_str``)."""
+class ViewStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
 
-    model_config = ConfigDict(extra="forbid")
+
+# Kinds are a registry, not a fixed enum; OpenAPI still lists them.
+_KINDS: dict[str, JsonValue] = {"enum": list(sorted(RESTORERS))}
+
+
+class ViewRequest(BaseModel):
+    """Which frame: **either** `frame_id`, **or** `camera` alone (its newest frame), **or**
+    `camera` with `sequence`. `frame_id` with `camera` or `sequence` is a 422, as is
+    `sequence` without `camera`. Integers may also be given as decimal strings (`id_str`,
+    `sequence_str`)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"frame_id": 42, "kind": "preview"},
+                {"camera": "cam1"},
+                {"camera": "cam1", "sequence": "1733270400000000"},
+            ]
+        },
+    )
 
     frame_id: Int64 | None = Field(None, ge=1, le=INT64_MAX, description="Frame to view")
     camera: str | None = Field(
@@ -266,7 +368,22 @@ class ViewRequest(BaseModel):
         description="The frame's sequence on that camera (`sequence` of GET /v1/frames; an edge "
         "numbers frames from its first start's wall clock in µs, not from 0)",
     )
-    kind: str = Field("preview", description=f"View kind, one of {sorted(RESTORERS)}")
+    kind: str = Field("preview", description="View kind", json_schema_extra=_KINDS)
+    priority: int = Field(
+        5, ge=0, le=9, description="Queue priority, 9 first; within one priority, oldest first"
+    )
+    deadline_s: float | None = Field(
+        None,
+        gt=0,
+        le=86400,
+        description="Give up (status failed) if no worker has started the job within this "
+        "many seconds; null: wait as long as it takes",
+    )
+    reuse: bool = Field(
+        True,
+        description="Answer with an existing job of this frame and kind (done: 200 with the "
+        "cached view; queued or running: 200 with that job) instead of queuing another",
+    )
 
 
 class ViewLinks(BaseModel):
@@ -276,8 +393,8 @@ class ViewLinks(BaseModel):
 
 class ViewOut(BaseModel):
     id: str
-    status: str = Field(description="queued | running | done | failed")
-    kind: str
+    status: ViewStatus
+    kind: str = Field(json_schema_extra=_KINDS)
     description: str = Field(description="What this kind of view is")
     frame_id: Int64
     created: str
@@ -288,6 +405,9 @@ class ViewOut(BaseModel):
     finished_ns: Int64 | None
     error: str | None = Field(description="Why the job failed (status failed)")
     attempts: int = Field(description="Times a worker started the job")
+    priority: int = Field(description="Queue priority, 0–9, 9 served first")
+    deadline: str | None = Field(description="Latest start time (ISO 8601 UTC), if any")
+    deadline_ns: Int64 | None
     width: int | None = Field(
         description="Width of the rendered image (status done): the frame's, or smaller so "
         "the long side is at most view_max_side"
@@ -315,12 +435,17 @@ class ViewOut(BaseModel):
     def finished_ns_str(self) -> str | None:
         return None if self.finished_ns is None else str(self.finished_ns)
 
+    @int64_twin("deadline_ns")  # type: ignore[prop-decorator]
+    @property
+    def deadline_ns_str(self) -> str | None:
+        return None if self.deadline_ns is None else str(self.deadline_ns)
+
     @classmethod
     def of(cls, v: ViewRecord) -> ViewOut:
         restorer = RESTORERS.get(v.kind)
         return cls(
             id=v.id,
-            status=v.status,
+            status=ViewStatus(v.status),
             kind=v.kind,
             description=restorer.description if restorer else f"unknown view kind {v.kind!r}",
             frame_id=v.frame_id,
@@ -332,10 +457,18 @@ class ViewOut(BaseModel):
             finished_ns=v.finished_ns,
             error=v.error,
             attempts=v.attempts,
+            priority=v.priority,
+            deadline=optional_iso(v.deadline_ns),
+            deadline_ns=v.deadline_ns,
             width=v.width,
             height=v.height,
             links=ViewLinks(self=f"/v1/views/{v.id}", image=f"/v1/views/{v.id}/image"),
         )
+
+
+class ViewPage(BaseModel):
+    items: list[ViewOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
 
 
 # ── health ───────────────────────────────────────────────────────────────────

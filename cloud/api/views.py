@@ -1,24 +1,38 @@
 """Human views: POST /v1/views queues a job, GET /v1/views/{id} polls it,
 GET /v1/views/{id}/image fetches the PNG once it is done.
 
-    POST {frame_id | camera[+sequence], kind} ─► ViewQueue.submit ─► 202 {id, links}
-    GET  /v1/views/{id}        ─► job row (status, times, error, what the kind is)
-    GET  /v1/views/{id}/image  ─► image/png │ 409 not done yet │ 404 unknown
+    POST   {frame_id | camera[+sequence], kind, priority, deadline_s, reuse}
+               ─► ViewQueue.request ─► 202 new job {id, links} │ 200 an existing job of
+                  that frame and kind (done: cached; queued/running: joined) │ 429 queue full
+    GET    /v1/views               ─► jobs, newest first, filtered; keyset pages
+    GET    /v1/views/{id}          ─► job row (status, times, error, what the kind is)
+    GET    /v1/views/{id}/image    ─► image/png │ 409 not done yet │ 404 unknown
+    DELETE /v1/views/{id}          ─► 204 (row and image gone) │ 409 running │ 404
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
-from cloud.api.auth import ReadKey, ViewKey, check_camera, require_read
+from cloud.api.auth import ReadKey, ViewKey, camera_selection, check_camera, require_read
 from cloud.api.deps import StoreDep, ViewsDep
 from cloud.api.errors import ApiError
-from cloud.api.schemas import ViewOut, ViewRequest, error_responses
+from cloud.api.params import (
+    INT64_MAX,
+    CamerasQ,
+    CursorQ,
+    LimitQ,
+    Order,
+    decode_str_cursor,
+    many,
+    page,
+)
+from cloud.api.schemas import ViewOut, ViewPage, ViewRequest, ViewStatus, error_responses
 from cloud.store.api_keys import ApiKey
 from cloud.store.frame_store import FrameStore
-from cloud.store.records import ViewRecord
+from cloud.store.records import ViewQuery, ViewRecord
 from cloud.view_queue import QueueFull, UnknownFrame, UnknownViewKind
 
 # Reading views needs read; POST needs view (which implies read).
@@ -37,27 +51,67 @@ ViewId = Annotated[str, Path(max_length=64, description="View job id")]
     "",
     status_code=202,
     summary="Request a human view of a frame",
-    responses=error_responses(400, 404, 422, 503),
+    responses={
+        200: {"model": ViewOut, "description": "An existing job of this frame and kind"},
+        **error_responses(400, 404, 422, 429),
+    },
 )
 def create_view(
     body: ViewRequest, store: StoreDep, views: ViewsDep, response: Response, key: ViewKey
 ) -> ViewOut:
-    """Queue a job that restores an image from the frame's bitstream; poll `links.self`."""
+    """Queue a job that restores an image from the frame's bitstream (202), or answer
+    with the job that already covers this frame and kind (200; `reuse: false` always
+    queues); poll `links.self`."""
     if body.kind not in views.kinds:  # before the frame lookup: the cheaper mistake first
         raise _bad_kind(UnknownViewKind(body.kind, views.kinds))
     frame_id = _resolve_frame(body, store, key)
     try:
-        view = views.submit(frame_id, body.kind)
+        view, reused = views.request(
+            frame_id, body.kind, body.priority, body.deadline_s, body.reuse
+        )
     except UnknownViewKind as exc:
         raise _bad_kind(exc) from exc
     except UnknownFrame as exc:
         raise ApiError(404, str(exc), field="frame_id") from exc
     except QueueFull as exc:
+        # 429, not 503: the service is up, this client must slow down (RFC 6585).
         raise ApiError(
-            503, f"{exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
+            429, f"{exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}
         ) from exc
+    if reused:
+        response.status_code = 200
     response.headers["Location"] = f"/v1/views/{view.id}"
     return ViewOut.of(view)
+
+
+@router.get("", summary="List view jobs", responses=error_responses(400, 422))
+def list_views(
+    store: StoreDep,
+    key: ReadKey,
+    camera: CamerasQ = None,
+    frame_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="Of this frame")] = None,
+    status: Annotated[ViewStatus | None, Query(description="Only jobs in this state")] = None,
+    kind: Annotated[str | None, Query(max_length=32, description="Only this view kind")] = None,
+    limit: LimitQ = 100,
+    cursor: CursorQ = None,
+    order: Annotated[Order, Query(description="`newest` requested first, or `oldest`")] = (
+        Order.newest
+    ),
+) -> ViewPage:
+    """View jobs by request time (then id), newest first unless `order=oldest`; follow
+    `next_cursor` for more."""
+    one, allowed = camera_selection(key, many(camera, "camera"))
+    query = ViewQuery(
+        camera_ids=(one,) if one is not None else allowed,
+        frame_id=frame_id,
+        status=None if status is None else status.value,
+        kind=kind,
+        limit=limit + 1,
+        after=decode_str_cursor(cursor, order),
+        newest_first=order is Order.newest,
+    )
+    rows, next_cursor = page(store.list_views(query), limit, order, lambda v: (v.created_ns, v.id))
+    return ViewPage(items=[ViewOut.of(v) for v in rows], next_cursor=next_cursor)
 
 
 @router.get("/{view_id}", summary="A view job's status", responses=error_responses(404))
@@ -90,6 +144,30 @@ def get_view_image(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response:
         # A view's image never changes once written.
         headers={"Cache-Control": "private, max-age=86400, immutable"},
     )
+
+
+@router.delete(
+    "/{view_id}",
+    status_code=204,
+    summary="Delete a view job and its image",
+    responses=error_responses(404, 409),
+)
+def delete_view(view_id: ViewId, store: StoreDep, key: ViewKey) -> Response:
+    """A queued job is cancelled; a finished one loses its image. A job a worker is
+    rendering is a 409: retry once it is done."""
+    _view_or_404(store, view_id, key)
+    view = store.delete_view(view_id)
+    if view is None:  # deleted by another request in between: the outcome asked for
+        return Response(status_code=204)
+    if view.status == "running":
+        raise ApiError(
+            409,
+            f"view {view_id} is running (a worker is rendering it); delete it once it is "
+            "done or failed",
+            view_status=view.status,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return Response(status_code=204)
 
 
 def _resolve_frame(body: ViewRequest, store: FrameStore, key: ApiKey) -> int:

@@ -1,1 +1,1 @@
-"""Durable state: the relational database (SQLite or PostgreSQL) and the blob directory."""
+"""Durable state: the relational database (SQLite or PostgreSQL) and the blob store."""

@@ -1,5 +1,5 @@
 """The frame store: cameras, frames, detections and view jobs in one database,
-bitstreams and view images in a blob directory.
+bitstreams and view images in a blob store (a directory, or an S3 bucket).
 
 Ingest order for one frame (what makes an ack safe):
     bitstream blob under a key of its own (fsync)
@@ -20,12 +20,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, select, tuple_, update
+from sqlalchemy import (
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from cloud.detector_tail import Detection
-from cloud.store.blobs import LocalBlobStore
+from cloud.store.blobs import BlobStore, LocalBlobStore
 from cloud.store.frame_rows import (
     SequenceReused,
     insert_detections,
@@ -34,11 +45,14 @@ from cloud.store.frame_rows import (
 )
 from cloud.store.migrations import migrate
 from cloud.store.records import (
+    CameraActivity,
     CameraRecord,
+    CountBucket,
     DetectionQuery,
     DetectionRecord,
     FrameRecord,
     StoredFrame,
+    ViewQuery,
     ViewRecord,
 )
 from cloud.store.schema import cameras, detections, frames, views
@@ -95,16 +109,17 @@ def open_engine(url: str) -> Engine:
 
 
 class FrameStore:
-    def __init__(self, engine: Engine, blobs: LocalBlobStore) -> None:
+    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
         self.engine = engine
         self.blobs = blobs
         migrate(engine)  # create, or upgrade what an older release made
 
     @classmethod
-    def open(cls, database_url: str, blob_dir: Path) -> FrameStore:
+    def open(cls, database_url: str, blobs: BlobStore | Path) -> FrameStore:
+        """The store on ``database_url`` with ``blobs``, or a LocalBlobStore at that path."""
         engine = open_engine(database_url)
         try:
-            return cls(engine, LocalBlobStore(blob_dir))
+            return cls(engine, LocalBlobStore(blobs) if isinstance(blobs, Path) else blobs)
         except OperationalError as exc:  # server down, wrong password, unwritable file
             raise OSError(f"database_url {safe_url(database_url)}: {exc.orig}") from None
 
@@ -150,16 +165,16 @@ class FrameStore:
             ).scalar()
         return 0 if top is None else int(top) + 1
 
-    def list_cameras(self) -> list[CameraRecord]:
-        counts = (
-            select(frames.c.camera_id, func.count().label("n"))
-            .group_by(frames.c.camera_id)
-            .subquery()
-        )
-        query = (
-            select(cameras, func.coalesce(counts.c.n, 0).label("num_frames"))
-            .outerjoin(counts, counts.c.camera_id == cameras.c.camera_id)
-            .order_by(cameras.c.camera_id)
+    def list_cameras(self, camera_id: str | None = None) -> list[CameraRecord]:
+        """Every camera (or just ``camera_id``) in id order, with its frame count."""
+        counts = select(frames.c.camera_id, func.count().label("n")).group_by(frames.c.camera_id)
+        query = select(cameras).order_by(cameras.c.camera_id)
+        if camera_id is not None:
+            counts = counts.where(frames.c.camera_id == camera_id)
+            query = query.where(cameras.c.camera_id == camera_id)
+        sub = counts.subquery()
+        query = query.add_columns(func.coalesce(sub.c.n, 0).label("num_frames")).outerjoin(
+            sub, sub.c.camera_id == cameras.c.camera_id
         )
         with self.engine.connect() as conn:
             return [CameraRecord(**row._mapping) for row in conn.execute(query)]
@@ -271,21 +286,10 @@ class FrameStore:
 
     # ── detections ───────────────────────────────────────────────────────────
     def query_detections(self, q: DetectionQuery) -> list[DetectionRecord]:
-        d = detections.c
         conds = _time_window(detections, q.since_ns, q.until_ns, q.after, q.newest_first)
-        if q.camera_id is not None:
-            conds.append(d.camera_id == q.camera_id)
-        if q.cameras is not None:
-            conds.append(d.camera_id.in_(q.cameras))
-        if q.label is not None:
-            conds.append(d.label == q.label)
-        if q.min_score is not None:
-            conds.append(d.score >= q.min_score)
-        if q.frame_id is not None:
-            conds.append(d.frame_id == q.frame_id)
         query = (
             select(detections)
-            .where(and_(True, *conds))
+            .where(and_(True, *conds, *_detection_filters(q)))
             .order_by(*_keyset_order(detections, q.newest_first))
             .limit(q.limit)
         )
@@ -304,6 +308,66 @@ class FrameStore:
                 for r in conn.execute(query)
             ]
 
+    def count_detections(
+        self, q: DetectionQuery, origin_ns: int, bucket_ns: int, by_label: bool = False
+    ) -> list[CountBucket]:
+        """Detections matching ``q`` counted per ``bucket_ns`` from ``origin_ns`` (which is
+        ``q.since_ns``: bucket numbers stay non-negative, so integer division floors on
+        both engines); empty buckets are left out. Served by the (…, time, id) indexes."""
+        if q.since_ns is None or q.since_ns != origin_ns:
+            raise ValueError("counts start at the window's since_ns")
+        d = detections.c
+        # ``//`` is integer division on both engines (``/`` would be true division).
+        bucket = ((d.capture_time_ns - origin_ns) // bucket_ns).label("bucket")
+        group: list[Any] = [bucket, d.label] if by_label else [bucket]
+        conds = _time_window(detections, q.since_ns, q.until_ns, None)
+        query = (
+            select(*group, func.count().label("n"))
+            .where(and_(True, *conds, *_detection_filters(q)))
+            .group_by(*group)
+            .order_by(*group)
+        )
+        with self.engine.connect() as conn:
+            return [
+                CountBucket(
+                    start_ns=origin_ns + int(r.bucket) * bucket_ns,
+                    label=r.label if by_label else None,
+                    count=int(r.n),
+                )
+                for r in conn.execute(query)
+            ]
+
+    def camera_activity(self, camera_ids: Sequence[str], window_ns: int) -> list[CameraActivity]:
+        """Newest frame and the frames of the last ``window_ns`` of each camera: one index
+        range per camera (ix_frames_camera_time), not a scan of the frames table."""
+        f = frames.c
+        since = now_ns() - window_ns
+        out = []
+        with self.engine.connect() as conn:
+            for camera_id in camera_ids:
+                newest = conn.execute(
+                    select(f.capture_time_ns, f.received_time_ns, f.rate_level)
+                    .where(f.camera_id == camera_id)
+                    .order_by(f.capture_time_ns.desc(), f.id.desc())
+                    .limit(1)
+                ).first()
+                n, total = conn.execute(
+                    select(func.count(), func.coalesce(func.sum(f.num_bytes), 0)).where(
+                        f.camera_id == camera_id, f.capture_time_ns >= since
+                    )
+                ).one()
+                out.append(
+                    CameraActivity(
+                        camera_id=camera_id,
+                        last_frame_ns=None if newest is None else newest.capture_time_ns,
+                        last_received_ns=None if newest is None else newest.received_time_ns,
+                        rate_level=None if newest is None else newest.rate_level,
+                        frames=int(n),
+                        num_bytes=int(total),
+                    )
+                )
+        return out
+
     # ── view jobs ────────────────────────────────────────────────────────────
     def create_view(self, view: ViewRecord) -> None:
         with self.engine.begin() as conn:
@@ -314,14 +378,77 @@ class FrameStore:
             row = conn.execute(select(views).where(views.c.id == view_id)).first()
         return None if row is None else ViewRecord(**row._mapping)
 
-    def start_view(self, view_id: str) -> None:
-        """Mark a job running and count the attempt (in the database, so it survives us)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(views)
-                .where(views.c.id == view_id)
-                .values(status="running", started_ns=now_ns(), attempts=views.c.attempts + 1)
+    def list_views(self, q: ViewQuery) -> list[ViewRecord]:
+        """Views by (created_ns, id), newest first unless ``q.newest_first`` is False
+        (ix_views_created); ``q.camera_ids`` joins the frames they show."""
+        v = views.c
+        conds: list[Any] = []
+        if q.frame_id is not None:
+            conds.append(v.frame_id == q.frame_id)
+        if q.status is not None:
+            conds.append(v.status == q.status)
+        if q.kind is not None:
+            conds.append(v.kind == q.kind)
+        if q.camera_ids is not None:
+            conds.append(
+                v.frame_id.in_(select(frames.c.id).where(frames.c.camera_id.in_(q.camera_ids)))
             )
+        if q.after is not None:
+            keyset = tuple_(v.created_ns, v.id)
+            conds.append(keyset < tuple_(*q.after) if q.newest_first else keyset > tuple_(*q.after))
+        order = (v.created_ns.desc(), v.id.desc()) if q.newest_first else (v.created_ns, v.id)
+        query = select(views).where(and_(True, *conds)).order_by(*order).limit(q.limit)
+        with self.engine.connect() as conn:
+            return [ViewRecord(**row._mapping) for row in conn.execute(query)]
+
+    def reusable_view(self, frame_id: int, kind: str) -> ViewRecord | None:
+        """A job that answers a new request for this frame and kind: its newest done view
+        (a cached result), else one queued or running (the same work, pending)."""
+        v = views.c
+        rank = case((v.status == "done", 0), else_=1)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(views)
+                .where(
+                    v.frame_id == frame_id,
+                    v.kind == kind,
+                    v.status.in_(("done", "queued", "running")),
+                )
+                .order_by(rank, v.created_ns.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else ViewRecord(**row._mapping)
+
+    def delete_view(self, view_id: str) -> ViewRecord | None:
+        """Delete a view unless a worker is rendering it; returns the row as it was (None:
+        no such view). A running view is returned undeleted: the caller says 409. The
+        image blob goes after the commit: a row must never point at a missing blob."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(views).where(views.c.id == view_id)).first()
+            if row is None:
+                return None
+            view = ViewRecord(**row._mapping)
+            if view.status == "running":
+                return view
+            gone = conn.execute(
+                delete(views).where(views.c.id == view_id, views.c.status != "running")
+            ).rowcount
+        if not gone:  # a worker started it in between
+            return self.get_view(view_id)
+        if view.image_key is not None:
+            self.blobs.delete(view.image_key)
+        return view
+
+    def start_view(self, view_id: str) -> bool:
+        """Mark a job running and count the attempt (in the database, so it survives us);
+        False if the job is gone (deleted while queued) or already finished."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(views)
+                .where(views.c.id == view_id, views.c.status.in_(("queued", "running")))
+                .values(status="running", started_ns=now_ns(), attempts=views.c.attempts + 1)
+            ).rowcount
+        return bool(claimed)
 
     def update_view(self, view_id: str, **values: object) -> None:
         unknown = set(values) - set(views.c.keys())
@@ -339,6 +466,24 @@ class FrameStore:
                 .order_by(views.c.created_ns)
             )
             return [ViewRecord(**row._mapping) for row in rows]
+
+
+def _detection_filters(q: DetectionQuery) -> list[Any]:
+    d = detections.c
+    conds: list[Any] = []
+    if q.camera_id is not None:
+        conds.append(d.camera_id == q.camera_id)
+    if q.cameras is not None:
+        conds.append(d.camera_id.in_(q.cameras))
+    if q.label is not None:
+        conds.append(d.label == q.label)
+    if q.labels is not None:
+        conds.append(d.label.in_(q.labels))
+    if q.min_score is not None:
+        conds.append(d.score >= q.min_score)
+    if q.frame_id is not None:
+        conds.append(d.frame_id == q.frame_id)
+    return conds
 
 
 def _time_window(

@@ -59,6 +59,8 @@ class DetectionQuery:
     cameras: tuple[str, ...] | None = None
     """only these cameras (an API key limited to them); None: every camera"""
     label: str | None = None
+    labels: tuple[str, ...] | None = None
+    """any of these labels (a multi-valued filter); with ``label``, both must hold"""
     since_ns: int | None = None
     until_ns: int | None = None
     min_score: float | None = None
@@ -87,3 +89,44 @@ class ViewRecord:
     width: int | None = None
     """rendered image size (status done)"""
     height: int | None = None
+    priority: int = 5
+    """0-9, higher served first"""
+    deadline_ns: int | None = None
+    """a job no worker started by then fails (not rendered late)"""
+
+
+@dataclass(frozen=True)
+class CameraActivity:
+    """What a camera sent lately, read from its frames (the same on every replica)."""
+
+    camera_id: str
+    last_frame_ns: int | None
+    """capture time of its newest frame"""
+    last_received_ns: int | None
+    rate_level: int | None
+    """rate level of its newest frame"""
+    frames: int
+    """frames captured in the window"""
+    num_bytes: int
+    """bitstream bytes of those frames"""
+
+
+@dataclass(frozen=True)
+class CountBucket:
+    start_ns: int
+    label: str | None
+    """None when counts are not split by label"""
+    count: int
+
+
+@dataclass(frozen=True)
+class ViewQuery:
+    camera_ids: tuple[str, ...] | None = None
+    """views of frames of these cameras; None: every camera"""
+    frame_id: int | None = None
+    status: str | None = None
+    kind: str | None = None
+    limit: int = 100
+    after: tuple[int, str] | None = None
+    """keyset cursor: (created_ns, id) of the last view already returned"""
+    newest_first: bool = True

@@ -94,6 +94,9 @@ views = Table(
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
     Column("width", Integer),  # the rendered image's size (status done)
     Column("height", Integer),
+    # Higher first (0-9); a job not started by its deadline fails rather than render late.
+    Column("priority", Integer, nullable=False, default=5, server_default="5"),
+    Column("deadline_ns", BigInteger),
     Index("ix_views_status", "status", "created_ns"),
     Index("ix_views_frame", "frame_id"),
     Index("ix_views_created", "created_ns", "id"),

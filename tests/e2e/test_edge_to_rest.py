@@ -5,7 +5,6 @@ import io
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -13,7 +12,7 @@ from PIL import Image
 from cloud.restorers import view_size
 from codec.bundle import Bundle
 from fchm.cloud_process import CloudProcess
-from tests.conftest import sample_images
+from tests.conftest import sample_images, wait_for_view
 
 
 def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> None:
@@ -50,11 +49,7 @@ def test_edge_to_cloud_to_rest_to_view(tiny_bundle: Bundle, tmp_path: Path) -> N
         )
         assert job.status_code == 202
         view_id = job.json()["id"]
-        for _ in range(100):
-            status = api.get(f"/v1/views/{view_id}").json()
-            if status["status"] in ("done", "failed"):
-                break
-            time.sleep(0.1)
+        status = wait_for_view(api, view_id)
         assert status["status"] == "done", status
         png = api.get(f"/v1/views/{view_id}/image")
         assert png.headers["content-type"] == "image/png"

@@ -153,7 +153,7 @@ def test_a_reconnecting_camera_replaces_its_half_open_stream(
 
 
 def test_a_second_cloud_on_a_bound_port_exits_with_the_setting_named(
-    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path, root_logger_restored: None
+    cloud: RunningCloud, tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
     def serve(grpc_port: int, http_port: int):  # type: ignore[no-untyped-def]
         return CliRunner().invoke(app, [

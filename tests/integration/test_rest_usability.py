@@ -118,7 +118,7 @@ def test_every_64_bit_integer_has_an_exact_string_twin(api: Api) -> None:
         "detection": {"id", "frame_id", "time_ns"},
         "frame": {"id", "sequence", "time_ns", "received_time_ns"},
         "frame detail": {"id", "sequence", "time_ns", "received_time_ns"},
-        "view": {"frame_id", "created_ns", "started_ns", "finished_ns"},
+        "view": {"frame_id", "created_ns", "started_ns", "finished_ns", "deadline_ns"},
     }
     for name, item in outputs.items():
         assert int64_fields(item) == expected[name], name
@@ -162,8 +162,8 @@ def test_query_parameters_take_what_the_api_outputs(api: Api) -> None:
     assert api.client.get(f"/v1/frames/{third['id_str']}").json()["id"] == third["id"]
     # Bodies too: ids and sequences as strings, as a JavaScript client has them.
     for body in (
-        {"frame_id": third["id_str"]},
-        {"camera": "cam-a", "sequence": third["sequence_str"]},
+        {"frame_id": third["id_str"], "reuse": False},
+        {"camera": "cam-a", "sequence": third["sequence_str"], "reuse": False},
     ):
         r = api.client.post("/v1/views", json=body)
         assert r.status_code == 202 and r.json()["frame_id"] == third["id"], r.text
@@ -285,7 +285,7 @@ def test_docs_routes_stay_out_of_the_api_schema_and_the_root_leads_there(api: Ap
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root_logger_restored: None) -> CliRunner:
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> CliRunner:
     monkeypatch.chdir(tmp_path)  # bundles/mine is not there: the command stops at loading it
     return CliRunner()
 

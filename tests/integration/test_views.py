@@ -199,17 +199,84 @@ def test_unknown_view_is_404(client: TestClient) -> None:
         assert r.status_code == 404 and r.json()["field"] == "view_id"
 
 
-def test_full_queue_is_503_with_retry_after(env: ViewEnv, client: TestClient) -> None:
+def test_full_queue_is_429_with_retry_after(env: ViewEnv, client: TestClient) -> None:
     for _ in range(env.settings.max_queued_views):
-        assert client.post("/v1/views", json={"frame_id": 1}).status_code == 202
-    r = client.post("/v1/views", json={"frame_id": 1})
-    assert r.status_code == 503
+        body = {"frame_id": 1, "reuse": False}
+        assert client.post("/v1/views", json=body).status_code == 202
+    r = client.post("/v1/views", json={"frame_id": 1, "reuse": False})
+    assert r.status_code == 429
     assert int(r.headers["retry-after"]) > 0
     assert "max_queued_views" in r.json()["detail"]
     with pytest.raises(QueueFull):
         env.queue.submit(1, "preview")
     # A rejected request leaves no job behind.
     assert len(env.store.unfinished_views()) == env.settings.max_queued_views
+    # A full queue still answers with the job already covering the frame.
+    joined = client.post("/v1/views", json={"frame_id": 1})
+    assert joined.status_code == 200 and joined.json()["status"] == "queued"
+
+
+def test_a_repeated_request_joins_the_job_then_gets_the_cached_view(
+    env: ViewEnv, client: TestClient
+) -> None:
+    frame_id = env.samples[1].frame_id
+    first = client.post("/v1/views", json={"frame_id": frame_id})
+    assert first.status_code == 202
+    joined = client.post("/v1/views", json={"frame_id": frame_id})
+    assert joined.status_code == 200 and joined.json()["id"] == first.json()["id"]
+    assert env.queue.depth() == 1
+    env.worker().render_once(next_job(env.queue))
+    cached = client.post("/v1/views", json={"frame_id": frame_id})
+    assert cached.status_code == 200
+    assert cached.json()["id"] == first.json()["id"] and cached.json()["status"] == "done"
+    assert cached.headers["location"] == f"/v1/views/{first.json()['id']}"
+    # reuse: false renders again; another kind or frame is its own job.
+    again = client.post("/v1/views", json={"frame_id": frame_id, "reuse": False})
+    assert again.status_code == 202 and again.json()["id"] != first.json()["id"]
+    other = client.post("/v1/views", json={"frame_id": env.samples[0].frame_id})
+    assert other.status_code == 202
+    assert env.metrics.views_reused.labels("queued")._value.get() == 1
+    assert env.metrics.views_reused.labels("done")._value.get() == 1
+    # A failed job is not reused: asking again is how to retry it.
+    failed = env.store.get_view(other.json()["id"])
+    assert failed is not None
+    env.store.update_view(failed.id, status="failed", error="test")
+    retry = client.post("/v1/views", json={"frame_id": env.samples[0].frame_id})
+    assert retry.status_code == 202 and retry.json()["id"] != failed.id
+
+
+def test_higher_priority_is_served_first_then_oldest(env: ViewEnv, client: TestClient) -> None:
+    def post(priority: int) -> str:
+        body = {"frame_id": 1, "priority": priority, "reuse": False}
+        r = client.post("/v1/views", json=body)
+        assert r.status_code == 202 and r.json()["priority"] == priority
+        return str(r.json()["id"])
+
+    low, normal_1, high, normal_2 = post(1), post(5), post(9), post(5)
+    assert [next_job(env.queue) for _ in range(4)] == [high, normal_1, normal_2, low]
+    for bad in (-1, 10, "high"):
+        r = client.post("/v1/views", json={"frame_id": 1, "priority": bad})
+        assert r.status_code == 422 and r.json()["field"] == "priority"
+    # Order survives a restart: the queue is rebuilt from the rows.
+    env.restart()
+    assert [next_job(env.queue) for _ in range(4)] == [high, normal_1, normal_2, low]
+
+
+def test_a_job_past_its_deadline_fails_without_rendering(env: ViewEnv, client: TestClient) -> None:
+    r = client.post("/v1/views", json={"frame_id": 1, "deadline_s": 0.001})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["deadline_ns"] > body["created_ns"] and body["deadline"].endswith("Z")
+    assert body["deadline_ns_str"] == str(body["deadline_ns"])
+    view = env.worker().render_once(next_job(env.queue))
+    assert view is not None and view.status == "failed" and view.attempts == 0
+    assert view.error and view.error.startswith("expired") and view.image_key is None
+    assert env.metrics.views.labels("expired")._value.get() == 1
+    # A generous deadline renders; none is the default.
+    ok = client.post("/v1/views", json={"frame_id": 2, "deadline_s": 600}).json()
+    done = env.worker().render_once(next_job(env.queue))
+    assert done is not None and done.id == ok["id"] and done.status == "done"
+    assert client.post("/v1/views", json={"frame_id": 2, "deadline_s": 0}).status_code == 422
 
 
 async def run_until_finished(env: ViewEnv, ids: list[str], n_workers: int = 1) -> list[ViewRecord]:

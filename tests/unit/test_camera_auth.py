@@ -81,7 +81,7 @@ def test_channel_options_and_metadata() -> None:
     assert call_metadata(EdgeSettings(**base)) == ()  # type: ignore[arg-type]
 
 
-def test_cli_token_prints_a_token_and_its_hash(root_logger_restored: None) -> None:
+def test_cli_token_prints_a_token_and_its_hash() -> None:
     result = CliRunner().invoke(app, ["cloud", "token", "--camera", "gate-1"])
     assert result.exit_code == 0, result.output
     lines = dict(
