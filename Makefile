@@ -15,7 +15,7 @@ export YOLO_OFFLINE := 1
 export YOLO_CONFIG_DIR := $(CURDIR)/var/ultralytics
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help setup system-deps proto bundle corpus train train-preview demo test test-all lint bench clean
+.PHONY: help setup system-deps deploy-check proto bundle corpus train train-preview demo test test-all lint bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,6 +84,16 @@ system-deps:
 	@command -v rtsp-server-perl >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtsp-server-perl >/dev/null; } \
 	  || echo "note: rtsp-server-perl is not installed; the RTSP source test will skip"
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium is not installed; the dashboard browser tests will skip"
+	@bash deploy/check.sh --install-only \
+	  || echo "note: the deployment tools are not installed; tests/integration/test_deploy_configs.py will skip"
+
+# docker-compose.yml per profile (docker-compose config, compose-spec schema) and the Helm
+# chart (helm lint, helm template, Kubernetes schemas); installs the tools when missing.
+deploy-check: ## Validate docker-compose.yml and the Helm chart in deploy/helm/fchm
+	bash deploy/check.sh
 
 test: setup system-deps ## Run the default test suite (no slow/gpu tests)
 	$(PY) -m pytest -q

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -91,6 +93,8 @@ class RestoreWorker:
         queue: ViewJobQueue,
         metrics: CloudMetrics,
         max_side: int | None = None,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
     ) -> None:
         self.store = store
         self.decoder = decoder
@@ -100,19 +104,36 @@ class RestoreWorker:
         self.metrics = metrics
         # The restorer cannot show more detail than the network input it rebuilds.
         self.max_side = max_side or decoder.input_size
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.lease_s = lease_s
 
     async def run(self) -> None:
-        """Serve jobs until cancelled."""
+        """Serve jobs until cancelled; a job in hand is finished first (up to a lease)."""
         while True:
             view_id = await self.queue.get()
+            # Everything blocks (database, blob file, ORT): keep it off the event loop.
+            render = asyncio.ensure_future(asyncio.to_thread(self.render_once, view_id))
             try:
-                # Everything blocks (database, blob file, ORT): keep it off the event loop.
-                await asyncio.to_thread(self.render_once, view_id)
+                await self._renewing_lease(view_id, render)
             except asyncio.CancelledError:
+                await asyncio.wait({render}, timeout=self.lease_s)
                 raise
             except Exception:
                 # render_once records job failures itself; this is the store failing.
                 log.exception("view %s: could not record the job's outcome", view_id)
+
+    async def _renewing_lease(
+        self, view_id: str, render: asyncio.Future[ViewRecord | None]
+    ) -> None:
+        # Renew every third of the lease: two missed renewals still leave it held.
+        while not (await asyncio.wait({render}, timeout=self.lease_s / 3))[0]:
+            try:
+                await asyncio.to_thread(
+                    self.store.renew_view_lease, [view_id], self.worker_id, self.lease_s
+                )
+            except Exception:
+                log.warning("view %s: could not renew its lease", view_id, exc_info=True)
+        render.result()
 
     def render_once(self, view_id: str) -> ViewRecord | None:
         """Render one job synchronously and record the outcome; return the final row."""
@@ -124,14 +145,10 @@ class RestoreWorker:
         if job.status in FINISHED:
             return job
         if job.deadline_ns is not None and now_ns() > job.deadline_ns:
-            late_s = (now_ns() - job.deadline_ns) / 1e9
-            error = f"expired: no worker started it before its deadline ({late_s:.1f} s late)"
-            log.info("view %s %s", view_id, error)
-            self.store.update_view(view_id, status="failed", finished_ns=now_ns(), error=error)
-            self.metrics.views.labels("expired").inc()
-            return self.store.get_view(view_id)
-        if not self.store.start_view(view_id):  # deleted (DELETE /v1/views) since
-            log.info("view %s: deleted before it started", view_id)
+            return self._expire(job)
+        if not self.store.start_view(view_id, self.worker_id, self.lease_s):
+            # Deleted (DELETE /v1/views) since, or another worker has it (an id popped twice).
+            log.info("view %s: taken by another worker, or deleted", view_id)
             return None
 
         try:
@@ -175,6 +192,16 @@ class RestoreWorker:
             log.info("view %s done (frame %d, %dx%d)", view_id, frame.id, *image.shape[1::-1])
         return self.store.get_view(view_id)
 
+    def _expire(self, job: ViewRecord) -> ViewRecord | None:
+        late_s = (now_ns() - (job.deadline_ns or 0)) / 1e9
+        error = f"expired: no worker started it before its deadline ({late_s:.1f} s late)"
+        if self.store.update_view_if(
+            job.id, "queued", status="failed", finished_ns=now_ns(), error=error
+        ):
+            log.info("view %s %s", job.id, error)
+            self.metrics.views.labels("expired").inc()
+        return self.store.get_view(job.id)
+
 
 def _error_text(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
@@ -189,6 +216,7 @@ async def start_view_workers(
     n: int,
     threads: int = 0,
     max_side: int | None = None,
+    lease_s: float = 30.0,
 ) -> list[asyncio.Task[None]]:
     """Start ``n`` restore workers on the running loop; cancel the tasks to stop them.
 
@@ -201,7 +229,14 @@ async def start_view_workers(
     tasks = []
     for i in range(n):
         worker = RestoreWorker(
-            services.store, decoder, restorers, services.views, services.metrics, max_side
+            services.store,
+            decoder,
+            restorers,
+            services.views,
+            services.metrics,
+            max_side,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}:{i}",
+            lease_s=lease_s,
         )
         tasks.append(asyncio.create_task(worker.run(), name=f"restore-worker-{i}"))
     log.info("%d restore workers started", n)

@@ -34,7 +34,7 @@ from cloud.settings import CloudSettings
 from cloud.store.blobs import open_blob_store
 from cloud.store.frame_store import FrameStore
 from cloud.tail_batcher import BatchedTail
-from cloud.view_queue import ViewQueue
+from cloud.view_queue import ViewJobQueue, open_view_queue
 from codec.bundle import Bundle
 from fchm.v1 import ingest_pb2_grpc
 from infra.tls import read_pem
@@ -137,6 +137,7 @@ class CloudServer:
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._views: ViewJobQueue | None = None
         self._tail: BatchedTail | None = None
 
     async def start(self) -> None:
@@ -197,22 +198,23 @@ class CloudServer:
             f"camera tokens: {len(s.camera_tokens)}" if auth.enabled else "no camera tokens",
         )
 
-        # 4. Views: the queue (restarted jobs re-queued) and its workers.
-        views = ViewQueue(store, s, metrics)
-        readiness = readiness_checks(
-            {
-                "database": store.ping,
-                "view_workers": lambda: (
-                    bool(self._workers) and not any(t.done() for t in self._workers)
-                ),
-            }
-        )
+        # 4. Views: the queue (restarted jobs re-queued; shared ones kept up by every
+        #    process) and this process's workers (none if `fchm worker` renders).
+        views = self._views = open_view_queue(s, store, metrics)
+        checks = {"database": store.ping, "view_queue": views.ping}
+        if s.view_workers:
+            checks["view_workers"] = lambda: (
+                bool(self._workers) and not any(t.done() for t in self._workers)
+            )
+        readiness = readiness_checks(checks)
         services = Services(
             store=store, views=views, bundle=bundle, metrics=metrics, readiness=readiness
         )
-        self._workers = await start_view_workers(
-            services, decoder, s.view_workers, s.onnx_threads, s.view_max_side
-        )
+        self._workers = [asyncio.create_task(views.maintain(), name="view-queue-upkeep")]
+        if s.view_workers:
+            self._workers += await start_view_workers(
+                services, decoder, s.view_workers, s.onnx_threads, s.view_max_side, s.view_lease_s
+            )
 
         # 5. REST API.
         app = create_app(s, services)
@@ -240,6 +242,8 @@ class CloudServer:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._views is not None:
+            self._views.close()
 
 
 async def serve(settings: CloudSettings) -> None:

@@ -71,7 +71,28 @@ class CloudSettings(BaseSettings):
     max_queued_views: int = Field(
         64, ge=1, description="View jobs waiting before POST /v1/views answers 429"
     )
-    view_workers: int = Field(1, ge=1, le=16, description="In-process restore workers")
+    view_workers: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Restore workers in this process (0: none here, `fchm worker` processes "
+        "render; needs view_queue_url)",
+    )
+    view_queue_url: str | None = Field(
+        None,
+        description="redis://host:port/db: the view queue shared by every replica and "
+        "`fchm worker` process (none: an in-process queue, for a cloud alone on its database)",
+    )
+    view_lease_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How long a worker holds a job without renewing (it renews every third "
+        "of it while rendering); a job whose lease lapsed is re-queued by any process",
+    )
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="`fchm worker`: serve /metrics on this port"
+    )
     view_max_side: int | None = Field(
         None,
         ge=16,
@@ -134,6 +155,23 @@ class CloudSettings(BaseSettings):
                     "characters, printed by `fchm cloud token`), not the token itself"
                 )
         return {camera: digest.lower() for camera, digest in value.items()}
+
+    @field_validator("view_queue_url")
+    @classmethod
+    def _queue_scheme(cls, value: str | None) -> str | None:
+        # The schemes of cloud/view_queue.py's VIEW_QUEUES.
+        if value is not None and value.split("://", 1)[0] not in ("redis", "rediss"):
+            raise ValueError(f"{value!r}: expected redis://host:port/db or rediss://…")
+        return value
+
+    @model_validator(mode="after")
+    def _somebody_renders(self) -> CloudSettings:
+        if self.view_workers == 0 and self.view_queue_url is None:
+            raise ValueError(
+                "view_workers 0 leaves views to `fchm worker` processes, which take jobs "
+                "from view_queue_url: set it (redis://…), or keep view_workers ≥ 1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> CloudSettings:

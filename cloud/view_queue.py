@@ -17,8 +17,11 @@ cached result, a queued or running one is the same work (de-duplication; best ef
 two requests at the same instant may both queue). A job's deadline is checked when a
 worker takes it (``RestoreWorker``): too late, it fails without rendering.
 
-This is the embedded default. Redis or NATS JetStream queues come later behind the
-same small ``ViewJobQueue`` protocol.
+This is the embedded default, for a cloud alone on its database. Several replicas and
+``fchm worker`` processes share ``RedisViewQueue`` (cloud/view_queue_redis.py,
+``view_queue_url``) behind the same ``ViewJobQueue`` protocol; the producer side and the
+handling of jobs whose worker died (``DurableViewQueue``) are common to both. A worker
+holds a lease on the job it renders and renews it; a lapsed lease is a dead worker.
 
 Thread model: ``submit`` is called from FastAPI's worker threads (sync routes),
 ``get`` from asyncio tasks, possibly on another loop. One lock guards the pending
@@ -34,7 +37,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from cloud.metrics import CloudMetrics
@@ -63,7 +66,7 @@ class UnknownFrame(LookupError):
 
 
 class ViewJobQueue(Protocol):
-    """What the API and the workers need from any view queue backend."""
+    """What the API and the workers need from any view queue backend (``VIEW_QUEUES``)."""
 
     @property
     def kinds(self) -> Collection[str]:
@@ -87,9 +90,22 @@ class ViewJobQueue(Protocol):
 
     def depth(self) -> int: ...
 
+    async def maintain(self) -> None:
+        """Until cancelled: re-queue jobs whose worker's lease ran out (a no-op where the
+        queue lives and dies with its only process)."""
+        ...
 
-class ViewQueue:
-    """Bounded in-process queue of view job ids over durable job rows."""
+    def ping(self) -> bool:
+        """The queue's backend answers (readiness)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DurableViewQueue:
+    """The producer side every backend shares: checks, de-duplication, the job row
+    written before its id is enqueued, and what to do with a job whose worker died.
+    A backend adds where pending ids wait (``_reserve``, ``_release``, ``_push``)."""
 
     def __init__(
         self,
@@ -103,12 +119,7 @@ class ViewQueue:
         self._kinds = tuple(kinds)
         self.max_queued = settings.max_queued_views
         self.max_attempts = settings.view_max_attempts
-        self._lock = threading.Lock()
-        self._pending: list[tuple[int, int, str]] = []  # heap of (-priority, order, id)
-        self._order = itertools.count()
-        self._reserved = 0  # slots taken by submits whose row is being written
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
-        self._recover()
+        self.lease_s = settings.view_lease_s
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -146,12 +157,7 @@ class ViewQueue:
         if self.store.get_frame(frame_id) is None:
             raise UnknownFrame(frame_id)
         # 2. Reserve a slot, so concurrent submits cannot overshoot the bound.
-        with self._lock:
-            if len(self._pending) + self._reserved >= self.max_queued:
-                raise QueueFull(
-                    f"{self.max_queued} view jobs are already waiting (max_queued_views)"
-                )
-            self._reserved += 1
+        self._reserve()
         # 3. Persist, then enqueue: an enqueued id always has a row.
         created_ns = now_ns()
         view = ViewRecord(
@@ -166,44 +172,119 @@ class ViewQueue:
         try:
             self.store.create_view(view)
         except BaseException:
-            with self._lock:
-                self._reserved -= 1
+            self._release()
             raise
-        self._push(view.id, priority, reserved=True)
+        self._push(view, reserved=True)
         log.info("view %s queued (frame %d, %s, priority %d)", view.id, frame_id, kind, priority)
         return view
 
-    def _recover(self) -> None:
-        # Jobs a previous process accepted; "running" ones died with it, so run them again,
-        # unless they died every time they ran.
-        requeued = 0
-        for view in self.store.unfinished_views():
-            if view.status == "running":
-                if view.attempts >= self.max_attempts:
-                    self._give_up(view)
-                    continue
-                self.store.update_view(view.id, status="queued", started_ns=None)
-            self._push(view.id, view.priority)  # already accepted: not subject to the bound
-            requeued += 1
-        if requeued:
-            log.info("re-queued %d unfinished view jobs", requeued)
-        self._update_gauge()
+    def _full(self) -> QueueFull:
+        return QueueFull(f"{self.max_queued} view jobs are already waiting (max_queued_views)")
 
-    def _give_up(self, view: ViewRecord) -> None:
+    # ── jobs whose worker died ───────────────────────────────────────────────
+    def requeue_lapsed(self) -> int:
+        """Re-queue running jobs whose lease ran out (their worker died mid-job), or fail
+        the ones that already took ``max_attempts`` workers down; safe to run in every
+        process at once (each change is conditional on the lapsed lease)."""
+        requeued = 0
+        for view in self.store.lapsed_views(now_ns()):
+            if view.attempts >= self.max_attempts:
+                if self.store.reclaim_view(view, **self._give_up_values(view)):
+                    self._gave_up(view)
+            elif self.store.reclaim_view(
+                view, status="queued", started_ns=None, worker=None, lease_until_ns=None
+            ):
+                log.warning(
+                    "view %s: worker %s stopped renewing its lease; re-queued (attempt %d of %d)",
+                    view.id,
+                    view.worker,
+                    view.attempts + 1,
+                    self.max_attempts,
+                )
+                self._push(view)
+                requeued += 1
+        return requeued
+
+    def _give_up_values(self, view: ViewRecord) -> dict[str, object]:
         error = (
             f"the worker died while rendering this view {view.attempts} "
             f"time{'s' if view.attempts != 1 else ''} "
             f"(view_max_attempts={self.max_attempts}); it is not retried"
         )
-        log.error("view %s (frame %d): %s", view.id, view.frame_id, error)
-        self.store.update_view(view.id, status="failed", finished_ns=now_ns(), error=error)
+        return {"status": "failed", "finished_ns": now_ns(), "error": error, "lease_until_ns": None}
+
+    def _gave_up(self, view: ViewRecord) -> None:
+        log.error(
+            "view %s (frame %d): gave up after %d attempts", view.id, view.frame_id, view.attempts
+        )
         self.metrics.views.labels("failed").inc()
 
-    def _push(self, view_id: str, priority: int, reserved: bool = False) -> None:
+    # ── what a backend provides ──────────────────────────────────────────────
+    def _reserve(self) -> None:
+        """Take a pending slot or raise QueueFull."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Give back a slot whose job row could not be written."""
+
+    def _push(self, view: ViewRecord, reserved: bool = False) -> None:
+        raise NotImplementedError
+
+
+class ViewQueue(DurableViewQueue):
+    """Bounded in-process queue of view job ids over durable job rows: the embedded
+    default, for a cloud that is the only process on its database."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        settings: CloudSettings,
+        metrics: CloudMetrics,
+        kinds: Collection[str] = tuple(RESTORERS),
+    ) -> None:
+        super().__init__(store, settings, metrics, kinds)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, int, str]] = []  # heap of (-priority, order, id)
+        self._order = itertools.count()
+        self._reserved = 0  # slots taken by submits whose row is being written
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._recover()
+
+    def _reserve(self) -> None:
+        with self._lock:
+            if len(self._pending) + self._reserved >= self.max_queued:
+                raise self._full()
+            self._reserved += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._reserved -= 1
+
+    def _recover(self) -> None:
+        # Jobs a previous process accepted. This process is the database's only one, so
+        # "running" ones died with the last: run them again at once, lease or not,
+        # unless they died every time they ran.
+        requeued = 0
+        for view in self.store.unfinished_views():
+            if view.status == "running":
+                if view.attempts >= self.max_attempts:
+                    self.store.update_view(view.id, **self._give_up_values(view))
+                    self._gave_up(view)
+                    continue
+                self.store.update_view(
+                    view.id, status="queued", started_ns=None, worker=None, lease_until_ns=None
+                )
+            self._push(view)  # already accepted: not subject to the bound
+            requeued += 1
+        if requeued:
+            log.info("re-queued %d unfinished view jobs", requeued)
+        self._update_gauge()
+
+    def _push(self, view: ViewRecord, reserved: bool = False) -> None:
         with self._lock:
             # Slot and id change hands in one step, so the bound is never overshot.
             self._reserved -= reserved
-            heapq.heappush(self._pending, (-priority, next(self._order), view_id))
+            heapq.heappush(self._pending, (-view.priority, next(self._order), view.id))
             self._wake_one()
         self._update_gauge()
 
@@ -238,6 +319,16 @@ class ViewQueue:
         self._update_gauge()
         return view_id
 
+    async def maintain(self) -> None:
+        # One process: its dead workers' jobs were re-queued when it started.
+        await asyncio.Event().wait()
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
     def idle_workers(self) -> int:
         """Workers parked in get(), waiting for a job."""
         with self._lock:
@@ -254,3 +345,28 @@ class ViewQueue:
 def _set_if_pending(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _redis_queue(
+    url: str, store: FrameStore, settings: CloudSettings, metrics: CloudMetrics
+) -> ViewJobQueue:
+    from cloud.view_queue_redis import RedisViewQueue  # redis only where it is used
+
+    return RedisViewQueue(url, store, settings, metrics)
+
+
+# view_queue_url scheme → backend; no URL: the in-process ViewQueue.
+VIEW_QUEUES: dict[str, Callable[[str, FrameStore, CloudSettings, CloudMetrics], ViewJobQueue]] = {
+    "redis": _redis_queue,
+    "rediss": _redis_queue,
+}
+
+
+def open_view_queue(
+    settings: CloudSettings, store: FrameStore, metrics: CloudMetrics
+) -> ViewJobQueue:
+    """The queue ``settings.view_queue_url`` names (shared by processes), or the embedded one."""
+    url = settings.view_queue_url
+    if url is None:
+        return ViewQueue(store, settings, metrics)
+    return VIEW_QUEUES[url.split("://", 1)[0]](url, store, settings, metrics)

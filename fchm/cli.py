@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 
 from fchm.cli_options import fail
-from fchm.cloud_commands import cloud_app
+from fchm.cloud_commands import cloud_app, worker
 from fchm.edge_commands import edge_app
 from infra.logging_setup import setup_logging
 
@@ -38,6 +38,7 @@ model_app = typer.Typer(help="Model lifecycle: train, export, eval.", no_args_is
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(edge_app, name="edge")
 app.add_typer(model_app, name="model")
+app.command("worker")(worker)  # the cloud's view workers as a process of their own
 
 
 class LogFormat(StrEnum):

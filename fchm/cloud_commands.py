@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fchm.cli_options import ConfigOpt, fail
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 cloud_app = typer.Typer(help="The cloud service.", no_args_is_help=True)
 key_app = typer.Typer(
@@ -35,22 +39,56 @@ def cloud_serve(
 ) -> None:
     """Run gRPC ingest, the detector tail, the REST API and view workers."""
     from cloud.server import serve
+
+    _run_cloud(
+        serve,
+        config,
+        bundle=bundle,
+        data_dir=data_dir,
+        database_url=database_url,
+        grpc_port=grpc_port,
+        http_port=http_port,
+    )
+
+
+def worker(
+    config: ConfigOpt = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle directory")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy database URL")] = None,
+    queue_url: Annotated[
+        str | None, typer.Option(help="The shared view queue (redis://host:port/db)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Restore workers in this process")] = None,
+) -> None:
+    """Render human views from the queue the cloud replicas share (CloudSettings:
+    view_queue_url, database_url, blob_url, bundle)."""
+    from cloud.view_worker import serve_view_workers
+
+    _run_cloud(
+        serve_view_workers,
+        config,
+        bundle=bundle,
+        data_dir=data_dir,
+        database_url=database_url,
+        view_queue_url=queue_url,
+        view_workers=workers,
+    )
+
+
+def _run_cloud(
+    main: Callable[[CloudSettings], Coroutine[Any, Any, None]],
+    config: Path | None,
+    **overrides: Any,
+) -> None:
+    """CloudSettings from the file, the environment and ``overrides``, then ``main``."""
     from cloud.settings import CloudSettings
     from codec.bundle import BundleError
     from infra.settings_files import ConfigError, load_settings
 
     try:
-        settings = load_settings(
-            CloudSettings,
-            config,
-            bundle=bundle,
-            data_dir=data_dir,
-            database_url=database_url,
-            grpc_port=grpc_port,
-            http_port=http_port,
-        )
-        asyncio.run(serve(settings))
-    except (ConfigError, BundleError, OSError, ValueError) as exc:
+        asyncio.run(main(load_settings(CloudSettings, config, **overrides)))
+    except (ConfigError, BundleError, OSError, ValueError, RuntimeError) as exc:
         # A busy grpc_port/http_port, a missing database driver: one line naming the setting.
         raise fail(str(exc)) from None
     except KeyboardInterrupt:  # Ctrl-C while starting (once started, SIGINT stops cleanly)

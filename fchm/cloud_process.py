@@ -4,6 +4,10 @@ and the tests that must kill and restart a real cloud.
     CloudProcess(bundle, data_dir).start() ─► admin API key ─► spawn ─► poll /readyz ─► ready
                                    .api() (httpx client with that key), .create_key(...)
                                    .kill() (SIGKILL) / .stop() (SIGTERM, exit code)
+    WorkerProcess(bundle, data_dir, env) ─► `fchm worker` ─► its "ready" line ─► .kill()/.stop()
+
+``env`` adds settings (``FCHM_CLOUD_DATABASE_URL``, ``FCHM_CLOUD_VIEW_QUEUE_URL``…), so
+several replicas and workers can share one database and queue.
 
 Ports are picked once, so a restarted cloud comes back where its edges expect it. Keys
 are written straight into the cloud's SQLite file in ``data_dir``, as
@@ -18,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -31,19 +35,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class CloudProcess:
+class _Child:
+    process: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, as a crash or a power cut (mid-frame, mid-job)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        """SIGTERM and the exit code (-9 if it had to be killed)."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+
+class CloudProcess(_Child):
     def __init__(
         self,
         bundle: Path,
         data_dir: Path,
         log: Path | None = None,
         onnx_threads: int = 1,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.bundle, self.data_dir, self.log = bundle, data_dir, log
         self.grpc_port, self.http_port = free_port(), free_port()
         # On a small machine the cloud shares the cores with an edge: one ORT thread.
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                    "FCHM_CLOUD_ONNX_THREADS": str(onnx_threads)}  # fmt: skip
+                    "FCHM_CLOUD_ONNX_THREADS": str(onnx_threads), **(env or {})}  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
         self.api_key: str | None = None
         """an admin key, made by the first start()"""
@@ -62,7 +89,8 @@ class CloudProcess:
         from cloud.store.frame_store import open_engine
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = open_engine(f"sqlite:///{self.data_dir / 'fchm.db'}")
+        url = self.env.get("FCHM_CLOUD_DATABASE_URL") or f"sqlite:///{self.data_dir / 'fchm.db'}"
+        engine = open_engine(url)
         try:
             return ApiKeyStore(engine).create(name, scopes, cameras)[1]
         finally:
@@ -104,24 +132,6 @@ class CloudProcess:
                 raise RuntimeError(f"cloud not ready after {timeout_s:g} s")
             time.sleep(0.1)
 
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, as a crash or a power cut."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self, timeout_s: float = 30) -> int:
-        """SIGTERM and the exit code (-9 if it had to be killed)."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return -9
-
     def __enter__(self) -> CloudProcess:
         return self.start()
 
@@ -130,3 +140,33 @@ class CloudProcess:
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
         self.stop()
+
+
+class WorkerProcess(_Child):
+    """``fchm worker`` as a child process: ready once it prints its ready line."""
+
+    def __init__(
+        self, bundle: Path, data_dir: Path, log: Path, env: Mapping[str, str], threads: int = 1
+    ) -> None:
+        self.bundle, self.data_dir, self.log = bundle, data_dir, log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                    "FCHM_CLOUD_ONNX_THREADS": str(threads), **env}  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120) -> WorkerProcess:
+        start = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fchm", "worker", "--bundle", str(self.bundle),
+                 "--data-dir", str(self.data_dir)],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while b"fchm worker ready" not in self.log.read_bytes()[start:]:
+            if self.process.poll() is not None:
+                tail = self.log.read_text()[-2000:]
+                raise RuntimeError(f"worker exited with {self.process.returncode}\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready after {timeout_s:g} s")
+            time.sleep(0.05)
+        return self

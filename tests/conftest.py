@@ -283,3 +283,23 @@ def postgres_url():  # type: ignore[no-untyped-def]
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
+
+
+REDIS_SERVER = os.environ.get("FCHM_TEST_REDIS", "redis://127.0.0.1:6379")
+"""The loopback Redis server (the dev and CI machines run one); tests use database 13."""
+
+
+@pytest.fixture
+def redis_url():  # type: ignore[no-untyped-def]
+    """Database 13 of the loopback Redis server, emptied before and after the test."""
+    import redis
+
+    url = f"{REDIS_SERVER}/13"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis server at {REDIS_SERVER}: {exc}")
+    yield url
+    client.flushdb()
+    client.close()

@@ -1,6 +1,7 @@
 """A loopback TCP proxy for fault tests and benchmarks: forwards bytes, can cut every
-live connection at once (both directions closed) as a flaky uplink would, and can
-stay down for a while (``down()`` … ``up()``) as an outage would."""
+live connection at once (both directions closed) as a flaky uplink would, can
+stay down for a while (``down()`` … ``up()``) as an outage would, and can send new
+connections elsewhere (``retarget``) as a load balancer does when a replica dies."""
 
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ class TcpProxy:
 
     def up(self) -> None:
         self._down.clear()
+
+    def retarget(self, port: int) -> None:
+        """New connections go to ``port`` from now on; live ones stay where they are."""
+        self.target = ("127.0.0.1", port)
 
     def _drop_all(self) -> int:
         with self._lock:

@@ -6,8 +6,10 @@
         ├─ /v1/frames       frames.py
         ├─ /v1/views        views.py
         ├─ /healthz /readyz /metrics   health.py
-        └─ /docs /redoc     docs.py (assets served locally: works offline)
-    every route but /healthz, /readyz and the docs ─► auth.py: an API key with a scope
+        ├─ /docs /redoc     docs.py (assets served locally: works offline)
+        └─ /dashboard/      dashboard.py (static page over this API: works offline)
+    every route but /healthz, /readyz, the docs and the dashboard's files
+        ─► auth.py: an API key with a scope
     every error ─► errors.handle_error ─► application/problem+json (RFC 9457)
 
 The app starts no background work: the server's lifespan hook starts the restore
@@ -25,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from cloud.api import cameras, detections, frames, health, views
+from cloud.api.dashboard import install_dashboard
 from cloud.api.deps import Services
 from cloud.api.docs import install_docs
 from cloud.api.errors import install_error_handlers
@@ -91,6 +94,7 @@ def create_app(
     for module in (cameras, detections, frames, views, health):
         app.include_router(module.router)
     install_docs(app)
+    install_dashboard(app)
     _list_labels(app, services.bundle.class_names)
     return app
 

@@ -439,31 +439,92 @@ class FrameStore:
             self.blobs.delete(view.image_key)
         return view
 
-    def start_view(self, view_id: str) -> bool:
-        """Mark a job running and count the attempt (in the database, so it survives us);
-        False if the job is gone (deleted while queued) or already finished."""
+    def start_view(
+        self, view_id: str, worker: str | None = None, lease_s: float | None = None
+    ) -> bool:
+        """Claim a queued job for ``worker``: running, the attempt counted (in the database,
+        so it survives us), leased for ``lease_s``. False if another worker claimed it, or
+        it is gone (deleted while queued) or finished: one job, one renderer."""
+        now = now_ns()
+        lease = None if lease_s is None else now + round(lease_s * 1e9)
         with self.engine.begin() as conn:
             claimed = conn.execute(
                 update(views)
-                .where(views.c.id == view_id, views.c.status.in_(("queued", "running")))
-                .values(status="running", started_ns=now_ns(), attempts=views.c.attempts + 1)
+                .where(views.c.id == view_id, views.c.status == "queued")
+                .values(
+                    status="running",
+                    started_ns=now,
+                    attempts=views.c.attempts + 1,
+                    worker=worker,
+                    lease_until_ns=lease,
+                )
             ).rowcount
         return bool(claimed)
 
+    def renew_view_lease(self, view_ids: Sequence[str], worker: str, lease_s: float) -> int:
+        """Extend ``worker``'s leases on these running jobs; how many it still holds."""
+        if not view_ids:
+            return 0
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    update(views)
+                    .where(
+                        views.c.id.in_(view_ids),
+                        views.c.status == "running",
+                        views.c.worker == worker,
+                    )
+                    .values(lease_until_ns=now_ns() + round(lease_s * 1e9))
+                ).rowcount
+            )
+
+    def lapsed_views(self, now: int) -> list[ViewRecord]:
+        """Running jobs whose lease ran out at ``now``: their worker died (or hung)."""
+        v = views.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(views).where(
+                    v.status == "running", v.lease_until_ns.is_not(None), v.lease_until_ns < now
+                )
+            )
+            return [ViewRecord(**row._mapping) for row in rows]
+
+    def reclaim_view(self, view: ViewRecord, **values: object) -> bool:
+        """Set ``values`` on a lapsed job only if it is still the same lapsed lease (another
+        process may have re-queued it, or the worker renewed it, in between)."""
+        v = views.c
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(views)
+                    .where(
+                        v.id == view.id,
+                        v.status == "running",
+                        v.lease_until_ns == view.lease_until_ns,
+                    )
+                    .values(**values)
+                ).rowcount
+            )
+
     def update_view(self, view_id: str, **values: object) -> None:
+        self._update_view([views.c.id == view_id], values)
+
+    def update_view_if(self, view_id: str, while_status: str, **values: object) -> bool:
+        """Set ``values`` on a job only while its status is ``while_status``; whether it was."""
+        return self._update_view([views.c.id == view_id, views.c.status == while_status], values)
+
+    def _update_view(self, where: list[Any], values: dict[str, object]) -> bool:
         unknown = set(values) - set(views.c.keys())
         if unknown:
             raise ValueError(f"unknown view fields {sorted(unknown)}")
         with self.engine.begin() as conn:
-            conn.execute(update(views).where(views.c.id == view_id).values(**values))
+            return bool(conn.execute(update(views).where(*where).values(**values)).rowcount)
 
-    def unfinished_views(self) -> list[ViewRecord]:
-        """Jobs queued or running when the process stopped; re-queued at start."""
+    def unfinished_views(self, statuses: Sequence[str] = ("queued", "running")) -> list[ViewRecord]:
+        """Jobs queued or running (or only ``statuses``), oldest first: re-queued at start."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(views)
-                .where(views.c.status.in_(("queued", "running")))
-                .order_by(views.c.created_ns)
+                select(views).where(views.c.status.in_(statuses)).order_by(views.c.created_ns)
             )
             return [ViewRecord(**row._mapping) for row in rows]
 

@@ -93,6 +93,10 @@ class ViewRecord:
     """0-9, higher served first"""
     deadline_ns: int | None = None
     """a job no worker started by then fails (not rendered late)"""
+    worker: str | None = None
+    """the worker rendering it (status running)"""
+    lease_until_ns: int | None = None
+    """the worker holds the job until then; renewed while it renders"""
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ views = Table(
     # Higher first (0-9); a job not started by its deadline fails rather than render late.
     Column("priority", Integer, nullable=False, default=5, server_default="5"),
     Column("deadline_ns", BigInteger),
+    # Who renders it, and until when: renewed while rendering; a lapsed lease is a dead
+    # worker, and any process re-queues the job (cloud/view_queue.py).
+    Column("worker", String(128)),
+    Column("lease_until_ns", BigInteger),
     Index("ix_views_status", "status", "created_ns"),
     Index("ix_views_frame", "frame_id"),
     Index("ix_views_created", "created_ns", "id"),

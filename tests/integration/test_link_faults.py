@@ -57,6 +57,18 @@ def _pages(api: httpx.Client, camera: str) -> list[int]:
             return sequences
 
 
+class Acks(UplinkListener):
+    """The sequences the uplink saw acknowledged, in order."""
+
+    def __init__(self) -> None:
+        self.sequences: list[int] = []
+        self.lock = threading.Lock()
+
+    def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None:
+        with self.lock:
+            self.sequences.append(sequence)
+
+
 def make_uplink(spool: Spool, bundle: Bundle, port: int, camera: str,
                 listener: UplinkListener | None = None) -> Uplink:  # fmt: skip
     return Uplink(
@@ -107,16 +119,6 @@ def test_cloud_sigkill_and_restart_loses_no_acked_frame(
     tiny_bundle: Bundle, tmp_path: Path
 ) -> None:
     cloud = CloudProcess(tiny_bundle.path, tmp_path / "cloud")
-
-    class Acks(UplinkListener):
-        def __init__(self) -> None:
-            self.sequences: list[int] = []
-            self.lock = threading.Lock()
-
-        def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None:
-            with self.lock:
-                self.sequences.append(sequence)
-
     data = bitstreams(tiny_bundle)
     acks = Acks()
     spool = Spool(tmp_path / "spool", max_bytes=1 << 30, max_age_s=3600)

@@ -1,5 +1,7 @@
-"""View jobs get a priority (higher is served first) and an optional deadline (a job no
-worker started by then fails instead of rendering late).
+"""View jobs get a priority (higher is served first), an optional deadline (a job no
+worker started by then fails instead of rendering late), and a lease: the worker rendering
+a job and until when it holds it (renewed while it renders; a job whose lease ran out is
+re-queued by another process, so a killed worker loses no job).
 
 Revision ID: 0003
 Revises: 0002
@@ -19,9 +21,13 @@ def upgrade() -> None:
     with op.batch_alter_table("views") as batch:
         batch.add_column(sa.Column("priority", sa.Integer, nullable=False, server_default="5"))
         batch.add_column(sa.Column("deadline_ns", sa.BigInteger, nullable=True))
+        batch.add_column(sa.Column("worker", sa.String(128), nullable=True))
+        batch.add_column(sa.Column("lease_until_ns", sa.BigInteger, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("views") as batch:
+        batch.drop_column("lease_until_ns")
+        batch.drop_column("worker")
         batch.drop_column("deadline_ns")
         batch.drop_column("priority")
