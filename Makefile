@@ -115,6 +115,7 @@ bench: setup bundle $(UNIFORM)/manifest.json $(LINEAR_PREVIEW) ## Benchmarks; ta
 	$(PY) bench/backpressure.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/tail_batching.py --bundle $(BUNDLE) --out bench/results
 	$(PY) bench/detection_queries.py --out bench/results  # SQLite and the loopback PostgreSQL
+	$(PY) bench/cloud_scale.py --bundle $(BUNDLE) --out bench/results  # ~11 min; loopback PostgreSQL + Redis
 	$(PY) bench/human_views.py --bundle $(BUNDLE) --out bench/results \
 	  --extra-preview linear=$(LINEAR_PREVIEW)
 
