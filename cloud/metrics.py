@@ -70,3 +70,30 @@ class CloudMetrics:
             ["status"],
             registry=r,
         )
+        # Retention (cloud/retention_sweeper.py).
+        self.retention_deleted = Counter(
+            "fchm_retention_deleted",
+            "Rows and blobs deleted by retention (kind: frames, detections, views, blobs)",
+            ["camera", "kind"],
+            registry=r,
+        )
+        self.retention_failures = Counter(
+            "fchm_retention_failures", "Camera sweeps that failed (retried next sweep)", registry=r
+        )
+        self.retention_sweep_seconds = Histogram(
+            "fchm_retention_sweep_seconds",
+            "Time of one retention sweep over every camera",
+            buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300),
+            registry=r,
+        )
+        self.retention_last_sweep = Gauge(
+            "fchm_retention_last_sweep_timestamp_seconds",
+            "When the last retention sweep ended (Unix time)",
+            registry=r,
+        )
+        self.retention_oldest_age = Gauge(
+            "fchm_retention_oldest_frame_age_seconds",
+            "Age of the oldest frame kept, per camera, after the last sweep",
+            ["camera"],
+            registry=r,
+        )

@@ -4,7 +4,7 @@
                                                           ▲           │
     users ─► REST API (FastAPI on uvicorn) ───────────────┘     view queue ─► restore workers
 
-Start order: bundle → store → ingest → view workers → REST; stop in reverse, with
+Start order: bundle → store → ingest → view workers → retention → REST; stop in reverse, with
 a grace period so in-flight frames are acked before the process exits.
 """
 
@@ -30,6 +30,7 @@ from cloud.ingest_lag import IngestLag
 from cloud.ingest_servicer import IngestServicer
 from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
+from cloud.retention_sweeper import start_retention_sweeper
 from cloud.settings import CloudSettings
 from cloud.store.blobs import open_blob_store
 from cloud.store.frame_store import FrameStore
@@ -139,6 +140,7 @@ class CloudServer:
         self._workers: list[asyncio.Task[None]] = []
         self._views: ViewJobQueue | None = None
         self._tail: BatchedTail | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -216,7 +218,10 @@ class CloudServer:
                 services, decoder, s.view_workers, s.onnx_threads, s.view_max_side, s.view_lease_s
             )
 
-        # 5. REST API.
+        # 5. Retention: expired frames, detections, views and blobs (none: keep forever).
+        self._retention = start_retention_sweeper(s, store, metrics)
+
+        # 6. REST API.
         app = create_app(s, services)
         sock = bind_http_socket(s.http_host, s.http_port)
         self.http_port = int(sock.getsockname()[1])
@@ -239,9 +244,10 @@ class CloudServer:
             await self._grpc.stop(grace_s)  # lets in-flight frames finish and be acked
         if self._tail is not None:
             await asyncio.to_thread(self._tail.close)  # after the last in-flight frame
-        for task in self._workers:
+        tasks = [*self._workers, *([self._retention] if self._retention is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._views is not None:
             self._views.close()
 

@@ -131,6 +131,27 @@ class CloudSettings(BaseSettings):
         60.0, gt=0, le=3600, description="Window of a camera's fps and kbit/s in its status"
     )
 
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Delete frames (their detections, views and blobs) captured more than "
+        "this many days ago; kept back to the keyframe the oldest kept frame decodes from "
+        "(none: keep forever)",
+    )
+    retention_per_camera: dict[str, float] = Field(
+        default_factory=dict,
+        description="camera id → retention in days for that camera, overriding retention_days",
+    )
+    retention_sweep_interval_s: float = Field(
+        300.0, gt=0, description="Seconds between retention sweeps (one runs at start)"
+    )
+    retention_batch: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Frames deleted per transaction by a retention sweep (short locks)",
+    )
+
     camera_tokens: dict[str, str] = Field(
         default_factory=dict,
         description="camera id → sha256 hex of its token; when set, unknown cameras and "
@@ -155,6 +176,16 @@ class CloudSettings(BaseSettings):
                     "characters, printed by `fchm cloud token`), not the token itself"
                 )
         return {camera: digest.lower() for camera, digest in value.items()}
+
+    @field_validator("retention_per_camera")
+    @classmethod
+    def _retention_days(cls, value: dict[str, float]) -> dict[str, float]:
+        for camera, days in value.items():
+            if not CAMERA_ID.match(camera):
+                raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+            if not days > 0:  # also refuses NaN
+                raise ValueError(f"camera {camera}: retention {days} days must be > 0")
+        return value
 
     @field_validator("view_queue_url")
     @classmethod

@@ -1,4 +1,4 @@
-"""``fchm cloud``: serve, camera tokens, REST API keys."""
+"""``fchm cloud``: serve, camera tokens, REST API keys, database, retention."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 cloud_app.add_typer(db_app, name="db")
+retention_app = typer.Typer(
+    help="Retention: frames older than retention_days (or retention_per_camera) deleted "
+    "with their detections, views and blobs (the running cloud sweeps on its own).",
+    no_args_is_help=True,
+)
+cloud_app.add_typer(retention_app, name="retention")
 
 
 @cloud_app.command("serve")
@@ -208,3 +214,26 @@ def _db_command(
         typer.echo(DB_COMMANDS[name](open_cloud_engine(config, data_dir, database_url)))
     except DB_ERRORS as exc:
         raise fail(str(exc)) from None
+
+
+@retention_app.command("sweep")
+def retention_sweep(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing")
+    ] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Run one retention sweep now and print, per camera, what it deleted (or would)."""
+    from cloud.db_admin import DB_ERRORS
+    from cloud.retention_admin import sweep_command
+
+    try:
+        lines, ok = sweep_command(config, data_dir, database_url, dry_run)
+    except DB_ERRORS as exc:
+        raise fail(str(exc)) from None
+    for line in lines:
+        typer.echo(line)
+    if not ok:
+        raise typer.Exit(1)
