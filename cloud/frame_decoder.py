@@ -141,6 +141,7 @@ class FrameDecoder:
             frame.payload,
             frame.symbol_crc,
             None if frame.reference is None else frame.reference.symbol_crc,
+            p_format=frame.p_format,
         )
         try:
             symbols = self.codec.decompress_symbols(encoded, reference)

@@ -1,6 +1,6 @@
 """The frame container: what one camera frame becomes on the wire.
 
-Layout, version 3 (little-endian, 44 bytes of framing around the payload)::
+Layout, versions 3 and 4 (little-endian, 44 bytes of framing around the payload)::
 
     magic "FCHM" | version u8 | codec_id u8 | rate_level u8 | flags u8 (reserved, 0)
     bundle_tag 8B | image w u16 | image h u16 | latent c u16 | h u16 | w u16
@@ -19,11 +19,18 @@ container CRC only says the bytes arrived as sent; the symbol CRC says the paylo
 decodes to what was coded: a payload that was corrupted and then re-framed with a
 fresh container CRC still fails it (an entropy decoder accepts ~1% of such payloads).
 
+Versions 3 and 4 differ in how a P-frame's payload is coded (``p_format``): format 1
+in version 3 (residuals of every replenished cell, codec/inter_frames.py
+``encode_residual``), format 2 in version 4 (context-coded skip flags, each replenished
+cell a residual or intra: ``encode_cells``). Keyframes are the same in both.
+
 Version 2 is the same without the reference fields (38 bytes; always a keyframe) and
 version 1 also without ``symbol_crc`` (34 bytes). Both still parse (``symbol_crc`` is
 None in version 1) so bitstreams stored before the changes can be viewed; ``to_bytes``
-writes only version 3. Ingest accepts versions 2 and 3: a version-2 frame is a keyframe
-with the symbol check, so an edge agent that predates P-frames keeps working.
+writes version 4 (3 for a frame that says so: P-frames of format 1, as an edge agent
+that predates format 2 sends them).
+Ingest accepts versions 2 to 4: a version-2 frame is a keyframe with the symbol check, so
+an edge agent that predates P-frames keeps working, and one that predates format 2 too.
 
 The bundle tag is the first 8 bytes of the bundle hash: a frame encoded with one
 bundle is never decoded with another.
@@ -36,15 +43,19 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"FCHM"
-VERSION = 3
-CHECKED_VERSIONS = (2, 3)
+VERSION = 4
+CHECKED_VERSIONS = (2, 3, 4)
 """Versions that carry the symbol check: what ingest accepts."""
 _PREFIX = struct.Struct("<4sB")
 _HEADERS = {
     1: struct.Struct("<4sBBBB8sHHHHHI"),
     2: struct.Struct("<4sBBBB8sHHHHHII"),
     3: struct.Struct("<4sBBBB8sHHHHHIIHI"),
+    4: struct.Struct("<4sBBBB8sHHHHHIIHI"),
 }
+WRITTEN_VERSIONS = (3, 4)
+P_FORMATS = {3: 1, 4: 2}
+"""container version → how its P-frames' payloads are coded (codec/inter_frames.py)"""
 _CRC = struct.Struct("<I")
 OVERHEAD_BYTES = _HEADERS[VERSION].size + _CRC.size
 """Bytes of framing per frame (44): counted in every frame's rate."""
@@ -88,11 +99,17 @@ class FrameBitstream:
     reference: FrameReference | None = None
     """None: a keyframe"""
     version: int = VERSION
-    """the container version it was parsed from (to_bytes writes VERSION)"""
+    """the container version it was parsed from; to_bytes writes 3 or 4 as they are
+    (3: a P-frame of format 1), and any other as VERSION"""
 
     @property
     def is_keyframe(self) -> bool:
         return self.reference is None
+
+    @property
+    def p_format(self) -> int:
+        """How a P-frame's payload is coded: 1 (version 3) or 2 (version 4)."""
+        return P_FORMATS.get(self.version, 1)
 
     def to_bytes(self) -> bytes:
         if len(self.bundle_tag) != 8:
@@ -104,9 +121,11 @@ class FrameBitstream:
         ref = self.reference
         if ref is not None and not (1 <= ref.offset < 2**16 and 0 <= ref.symbol_crc < 2**32):
             raise BitstreamError(f"reference {ref} needs 1 ≤ offset < 65536 and a CRC-32")
-        header = _HEADERS[VERSION].pack(
+        # Versions 1 and 2 held keyframes only: they are re-written as the current one.
+        version = self.version if self.version in WRITTEN_VERSIONS else VERSION
+        header = _HEADERS[version].pack(
             MAGIC,
-            VERSION,
+            version,
             self.codec_id,
             self.rate_level,
             0,

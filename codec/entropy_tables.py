@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import constriction
 import numpy as np
@@ -158,13 +159,30 @@ class EntropyTables:
     def encode(self, q: np.ndarray, level: int) -> bytes:
         """Entropy-code integer symbols ``q`` (channels, H, W) at ``level``."""
         self._check(q.shape[0], level)
-        symbols, raw = to_symbols(q.reshape(q.shape[0], -1), self.radius)
         coder = constriction.stream.stack.AnsCoder()
+        self.push(coder, q.reshape(q.shape[0], -1), level)
+        return coder.get_compressed().astype("<u4").tobytes()
+
+    def push(self, coder: object, values: np.ndarray, level: int) -> None:
+        """Push (channels, n) integers onto an ANS stack with ``level``'s tables; the
+        decoder reads them back with :meth:`pop` (escapes after the symbols)."""
+        symbols, raw = to_symbols(values, self.radius)
         # ANS is a stack: push what the decoder reads last first.
         push_escapes(coder, raw)
         for c in range(symbols.shape[0] - 1, -1, -1):
-            coder.encode_reverse(symbols[c], self._model(level, c))
-        return coder.get_compressed().astype("<u4").tobytes()
+            coder.encode_reverse(symbols[c], self._model(level, c))  # type: ignore[attr-defined]
+
+    def pop(self, decoder: object, level: int, n: int) -> np.ndarray:
+        """Inverse of :meth:`push`: int64 (channels, n)."""
+        symbols = np.empty((self.num_channels, n), dtype=np.int32)
+        for c in range(self.num_channels):
+            symbols[c] = decoder.decode(self._model(level, c), n)  # type: ignore[attr-defined]
+        return from_symbols(decoder, symbols, self.radius)
+
+    @cached_property
+    def log2_probs(self) -> np.ndarray:
+        """(levels, channels, K) float64: for encoder decisions only (never decoding)."""
+        return np.log2(self.freqs.astype(np.float64) / (1 << PRECISION))
 
     def decode(self, payload: bytes, level: int, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of :meth:`encode`; returns int32 (channels, H, W)."""
@@ -175,10 +193,7 @@ class EntropyTables:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         try:
             decoder = constriction.stream.stack.AnsCoder(words)
-            symbols = np.empty((channels, h * w), dtype=np.int32)
-            for c in range(channels):
-                symbols[c] = decoder.decode(self._model(level, c), h * w)
-            values = from_symbols(decoder, symbols, self.radius)
+            values = self.pop(decoder, level, h * w)
             leftover = not decoder.is_empty()
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise EntropyCodingError(f"payload does not decode: {exc}") from exc

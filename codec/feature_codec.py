@@ -28,19 +28,23 @@ import numpy as np
 
 from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
 from codec.inter_frames import (
+    P_FORMAT,
     InterTables,
     LatentSymbols,
+    decode_cells,
     decode_residual,
-    encode_residual,
+    encode_cells,
     skip_map,
 )
 
 DEFAULT_SKIP_THRESHOLD = 6.0
 """P-frame cells whose residual energy is within this many symbol steps² are skipped."""
-INTRA_CHECK_BELOW = 0.75
-"""A P-frame that skips fewer cells than this is also coded intra; the smaller one goes
-(on the panning street clip, before per-channel rungs, P-frames at level 4 cost 24% more
-than keyframes: 5,230 against 4,210 B)."""
+INTRA_CHECK_BELOW = 0.25
+"""A P-frame that skips fewer cells than this (a cut, a pan, a light switched on) is also
+coded intra; the smaller one goes, and a keyframe restarts the chain. P-frames of format 2
+code a changed cell intra when that is shorter, so they are rarely longer: at 0.75, on the
+panning street clip the keyframe won at most 2 of 29 frames a level (format 1: up to 13),
+and each frame coded both ways cost the edge a keyframe's coding on top."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class EncodedFeatures:
     symbols: LatentSymbols | None = field(default=None, compare=False, repr=False)
     """Encoder side only (never on the wire): the latent as the decoder will rebuild it,
     the next P-frame's reference."""
+    p_format: int = P_FORMAT
+    """How a P-frame's payload is coded (codec/inter_frames.py): 2, what ``compress``
+    writes; 1, frames from before it (container version 3)."""
 
 
 class FeatureCodec(Protocol):
@@ -172,16 +179,14 @@ class _TableCoded:
         wide = q.astype(np.int64) - prediction
         if wide.min() < -(2**31) or wide.max() >= 2**31:
             return self.compress(features, rate_level)  # no int32 residual: a keyframe
-        residual = wide.astype(np.int32)
-        skip = skip_map(residual, skip_threshold)
-        payload, coded = encode_residual(inter, rate_level, residual, skip)
+        skip = skip_map(wide, skip_threshold)
+        payload, decoded = encode_cells(inter, self.tables, rate_level, prediction, q, skip)
         if skip.mean() < INTRA_CHECK_BELOW:
             # Much of the frame changed (a pan, a cut, a light switched on): a keyframe
             # may be smaller, and it restarts the chain for free.
             intra = self.compress(features, rate_level)
             if len(intra.payload) <= len(payload):
                 return intra
-        decoded = (prediction + coded).astype(np.int32)
         crc = symbol_crc(decoded)
         return EncodedFeatures(
             rate_level, shape, payload, crc, reference.crc, LatentSymbols(rate_level, decoded, crc)
@@ -209,10 +214,17 @@ class _TableCoded:
                 raise EntropyCodingError(
                     f"rate level {encoded.rate_level} outside 0..{self.num_levels - 1}"
                 )
-            residual = decode_residual(
-                self._inter(), encoded.rate_level, encoded.payload, encoded.latent_shape
-            )
-            wide = self.predict(reference, encoded.rate_level).astype(np.int64) + residual
+            prediction = self.predict(reference, encoded.rate_level).astype(np.int64)
+            if encoded.p_format == P_FORMAT:
+                wide = decode_cells(
+                    self._inter(), self.tables, encoded.rate_level, encoded.payload, prediction
+                )
+            elif encoded.p_format == 1:
+                wide = prediction + decode_residual(
+                    self._inter(), encoded.rate_level, encoded.payload, encoded.latent_shape
+                )
+            else:
+                raise EntropyCodingError(f"unknown P-frame format {encoded.p_format}")
             if wide.size and (wide.min() < -(2**31) or wide.max() >= 2**31):
                 raise EntropyCodingError("P-frame decodes outside int32")
             q = wide.astype(np.int32)

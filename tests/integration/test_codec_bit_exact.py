@@ -9,11 +9,12 @@ import zlib
 import numpy as np
 import pytest
 
-from cloud.frame_decoder import FrameDecoder, MissingReference
+from cloud.frame_decoder import FrameDecoder, InvalidFrame, MissingReference
 from codec.bitstream import FrameBitstream, FrameReference
 from codec.bundle import Bundle
-from codec.feature_codec import EncodedFeatures, UniformFeatureCodec
-from codec.inter_frames import LatentSymbols
+from codec.entropy_tables import symbol_crc
+from codec.feature_codec import DEFAULT_SKIP_THRESHOLD, EncodedFeatures, UniformFeatureCodec
+from codec.inter_frames import LatentSymbols, encode_residual, skip_map
 from edge.frame_encoder import FrameEncoder
 from edge.sources import open_source
 from tests.conftest import sample_images
@@ -69,10 +70,11 @@ KEYFRAME_EVERY = 25
 
 
 def container(bundle: Bundle, codec_id: int, image_size, encoded: EncodedFeatures) -> bytes:  # type: ignore[no-untyped-def]
-    """What the edge sends: the codec's output in a version-3 container (the P-frame's
-    reference is the camera's previous frame)."""
+    """What the edge sends: the codec's output in a version-4 container, or version 3 for
+    a P-frame of format 1 (the P-frame's reference is the camera's previous frame)."""
     ref = encoded.reference_crc
     return FrameBitstream(
+        version=3 if encoded.p_format == 1 else 4,
         codec_id=codec_id,
         rate_level=encoded.rate_level,
         bundle_tag=bundle.tag,
@@ -183,11 +185,47 @@ def test_a_version_2_keyframe_is_still_accepted_at_ingest(tiny_bundle: Bundle) -
     encoder = FrameEncoder(tiny_bundle)
     decoder = FrameDecoder(tiny_bundle)
     frame = next(iter(frames_of_a_real_video(1)))
-    v3 = encoder.encode(frame, 3).bitstream
-    parsed = FrameBitstream.from_bytes(v3)
-    assert parsed.version == 3 and parsed.is_keyframe
-    body = v3[:4] + b"\x02" + v3[5:34] + v3[40:-4]  # drop ref_offset, ref_crc
+    current = encoder.encode(frame, 3).bitstream
+    parsed = FrameBitstream.from_bytes(current)
+    assert parsed.version == 4 and parsed.is_keyframe
+    body = current[:4] + b"\x02" + current[5:34] + current[40:-4]  # drop ref_offset, ref_crc
     v2 = body + struct.pack("<I", zlib.crc32(body))
     old = decoder.decode(v2)  # not stored: the ingest path
     assert old.bitstream.version == 2
-    np.testing.assert_array_equal(old.symbols.q, decoder.decode(v3).symbols.q)
+    np.testing.assert_array_equal(old.symbols.q, decoder.decode(current).symbols.q)
+
+
+def test_a_format_1_p_frame_in_a_version_3_container_still_decodes(tiny_bundle: Bundle) -> None:
+    """What an edge agent from before format 2 sends, or the store holds from then: a
+    version-3 P-frame whose payload is residuals only (codec/inter_frames.py)."""
+    from edge.preprocess import letterbox
+
+    encoder = FrameEncoder(tiny_bundle)
+    decoder = FrameDecoder(tiny_bundle)
+    codec = encoder.codec
+    assert isinstance(codec, UniformFeatureCodec) and codec.inter is not None
+    info = tiny_bundle.manifest.detector
+    (x0, geometry), (x1, _) = (
+        letterbox(f.image, info.input_size, info.pad_multiple) for f in frames_of_a_real_video(2)
+    )
+    key = codec.compress(encoder.backend(x0), 2)
+    assert key.symbols is not None
+    prediction = codec.predict(key.symbols, 2)
+    residual = codec.quantize(encoder.backend(x1), 2) - prediction
+    skip = skip_map(residual, DEFAULT_SKIP_THRESHOLD)
+    assert skip.any() and not skip.all()
+    payload, coded = encode_residual(codec.inter, 2, residual, skip)
+    expected = prediction + coded
+    old = EncodedFeatures(
+        2, key.latent_shape, payload, symbol_crc(expected), key.symbols.crc, p_format=1
+    )
+    data = container(tiny_bundle, codec.codec_id, geometry.image_size, old)
+    got = decoder.decode(data, reference=key.symbols)
+    assert got.bitstream.version == 3 and got.bitstream.p_format == 1
+    np.testing.assert_array_equal(got.symbols.q, expected)
+    assert decoder.decode(data, stored=True, reference=key.symbols).symbols.crc == got.symbols.crc
+    # The same payload under version 4 is read as format 2: refused by name, not misread.
+    as_format_2 = EncodedFeatures(2, key.latent_shape, payload, old.symbol_crc, old.reference_crc)
+    relabelled = container(tiny_bundle, codec.codec_id, geometry.image_size, as_format_2)
+    with pytest.raises(InvalidFrame, match="11-byte header"):
+        decoder.decode(relabelled, reference=key.symbols)

@@ -1,5 +1,6 @@
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,14 +45,20 @@ def test_round_trip_keeps_every_field(reference: FrameReference | None) -> None:
     assert len(data) == OVERHEAD_BYTES + 4 == 48
     parsed = FrameBitstream.from_bytes(data)
     assert parsed == frame
-    assert parsed.version == frame.version == VERSION == 3
+    assert parsed.version == frame.version == VERSION == 4
     assert parsed.reference == reference and parsed.is_keyframe == (reference is None)
 
 
-def test_version_3_layout_byte_for_byte() -> None:
-    """The reference fields sit after symbol_crc: ref_offset u16, ref_crc u32."""
+def test_version_3_and_4_layout_byte_for_byte() -> None:
+    """The reference fields sit after symbol_crc: ref_offset u16, ref_crc u32. Version 4
+    is version 3's layout (only its P-frames' payloads are coded otherwise)."""
+    v3 = replace(make(reference=FrameReference(2, 0xCAFEF00D)), version=3).to_bytes()
+    assert v3[:8] == b"FCHM\x03\x00\x03\x00"
+    assert FrameBitstream.from_bytes(v3).p_format == 1
     data = make(reference=FrameReference(2, 0xCAFEF00D)).to_bytes()
-    assert data[:8] == b"FCHM\x03\x00\x03\x00"
+    assert data[:8] == b"FCHM\x04\x00\x03\x00"
+    assert FrameBitstream.from_bytes(data).p_format == 2
+    assert data[8:-4] == v3[8:-4]
     assert struct.unpack_from("<IIHI", data, 26) == (4, 0xDEADBEEF, 2, 0xCAFEF00D)
     assert data[40:44] == b"\x01\x02\x03\x04"
     assert struct.unpack_from("<I", data, 44)[0] == zlib.crc32(data[:44])
@@ -66,7 +73,7 @@ def test_version_3_layout_byte_for_byte() -> None:
         (lambda d: d[:4] + b"\x09" + d[5:], "unsupported container version 9"),
         (lambda d: d[:-1], "payload length field"),
         (lambda d: d[:-6] + bytes([d[-6] ^ 0xFF]) + d[-5:], "checksum mismatch"),
-        (lambda d: d[:10], "shorter than the 44-byte framing of version 3"),
+        (lambda d: d[:10], "shorter than the 44-byte framing of version 4"),
         (lambda d: d[:3], "too short"),
         (lambda d: recrc(d[:7] + b"\x04" + d[8:]), "flags 0x04 set"),
     ],
@@ -141,9 +148,9 @@ def test_version_2_bitstreams_still_parse_as_keyframes() -> None:
     assert old.version in CHECKED_VERSIONS
     assert old.payload == make().payload and old.latent_shape == make().latent_shape
     assert old.image_size == make().image_size and old.bundle_tag == make().bundle_tag
-    # Re-written, it becomes version 3 with the same fields.
+    # Re-written, it becomes the current version with the same fields.
     again = FrameBitstream.from_bytes(old.to_bytes())
-    assert again.version == 3 and again == make()
+    assert again.version == VERSION and again == make()
     with pytest.raises(BitstreamError, match="shorter than the 38-byte framing of version 2"):
         FrameBitstream.from_bytes(data[:37])
     with pytest.raises(BitstreamError, match="payload length field"):

@@ -1,4 +1,7 @@
-"""P-frames: residuals against the last decoded latent, per-cell skips, bit-exact decoding.
+"""P-frames: what changed against the last decoded latent, per-cell skips, bit-exact decoding.
+
+Format 2 (what compress writes) codes each replenished cell as a residual or intra;
+format 1 (container version 3, residuals only) must still decode.
 
 Small real codecs (integer tables from discretized Laplacians, inter tables from
 build_inter_tables); every payload here is coded and decoded by constriction.
@@ -6,7 +9,9 @@ build_inter_tables); every payload here is coded and decoded by constriction.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,11 @@ from codec.inter_frames import (
     InterTables,
     LatentSymbols,
     build_inter_tables,
+    decode_cells,
     decode_residual,
+    encode_cells,
     encode_residual,
+    flag_contexts,
     skip_map,
 )
 
@@ -122,11 +130,12 @@ def test_identical_frame_skips_every_cell_in_a_few_bytes(kind: str) -> None:
     assert key.reference_crc is None and key.symbols is not None
     p = codec.compress(y, 2, reference=key.symbols)
     assert p.reference_crc == key.symbols.crc == key.symbol_crc
-    # Header (offset i8, P(skip) u16) and one or two ANS words: no cell is coded.
-    assert len(p.payload) <= 3 + 8, len(p.payload)
-    assert len(key.payload) > 20 * len(p.payload)
-    residual = decode_residual(codec.inter, 2, p.payload, SHAPE)  # type: ignore[arg-type]
-    assert not residual.any()
+    # The 11-byte header and at most two ANS words: no cell is coded.
+    assert len(p.payload) <= 11 + 8, len(p.payload)
+    assert len(key.payload) > 10 * len(p.payload)
+    prediction = key.symbols.q
+    decoded = decode_cells(codec.inter, codec.tables, 2, p.payload, prediction)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(decoded, prediction)
     got = decode(codec, p, key.symbols)
     assert np.array_equal(got.q, key.symbols.q) and got.crc == key.symbols.crc
 
@@ -145,8 +154,8 @@ def test_a_changed_region_replenishes_only_its_cells() -> None:
     assert key.symbols is not None
     p = codec.compress(features_of(codec, q1, level), level, reference=key.symbols)
 
-    residual = decode_residual(codec.inter, level, p.payload, SHAPE)  # type: ignore[arg-type]
-    replenished = residual.any(axis=0)
+    decoded = decode_cells(codec.inter, codec.tables, level, p.payload, q0)  # type: ignore[arg-type]
+    replenished = (decoded != q0).any(axis=0)
     region = np.zeros(SHAPE[1:], bool)
     region[2:4, 3:6] = True
     assert np.array_equal(replenished, region)
@@ -278,6 +287,77 @@ def test_huge_residuals_escape_and_round_trip() -> None:
     np.testing.assert_array_equal(decode_residual(inter, level, payload, SHAPE), coded)
 
 
+def test_cells_at_the_ends_of_int32_round_trip_in_format_2() -> None:
+    """Replenished cells escape whether they go intra or as residuals."""
+    codec = gained_codec()
+    assert codec.inter is not None
+    level = 1
+    prediction = np.zeros(SHAPE, np.int32)
+    prediction[:, 5, 5] = 3  # a cell close to what comes: a residual
+    q = prediction.copy()
+    q[0, 0, 0] = 2**31 - 1
+    q[5, 7, 9] = -(2**31) + 1
+    q[3, 1, 1] = codec.tables.radius + 1
+    q[:, 5, 5] = 3 + np.arange(SHAPE[0]) % 3
+    q[2, 5, 5] = 1 << 20
+    skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
+    payload, decoded = encode_cells(codec.inter, codec.tables, level, prediction, q, skip)
+    np.testing.assert_array_equal(decoded, np.where(skip[None], prediction, q))
+    np.testing.assert_array_equal(
+        decode_cells(codec.inter, codec.tables, level, payload, prediction), decoded
+    )
+
+
+def test_a_cell_something_new_walked_into_codes_smaller_intra_than_as_a_residual() -> None:
+    """Format 2 against format 1 on the same cells: content the reference never held is
+    cheaper coded with the keyframe tables than as residuals, which spread twice as wide;
+    it decodes exactly, as does the cell that changed by a little."""
+    codec = gained_codec()
+    assert codec.inter is not None
+    level = 1
+    rng = np.random.default_rng(11)
+    spread = (1 / codec.inverse_gains[level])[:, None, None]  # the latent's own spread
+    prediction = np.rint(rng.laplace(0, 1, SHAPE) * spread).astype(np.int32)
+    q = prediction.copy()
+    q[:, 1:7, :8] = np.rint(rng.laplace(0, 1, (SHAPE[0], 6, 8)) * spread)  # fresh content
+    q[:, 7, 9] += np.array([3, -3, 2, 0, 0, 1], np.int32)  # a small change
+    skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
+    assert (~skip).sum() > 40
+    cells, decoded = encode_cells(codec.inter, codec.tables, level, prediction, q, skip)
+    residuals, coded = encode_residual(codec.inter, level, q - prediction, skip)
+    np.testing.assert_array_equal(decoded, prediction + coded)
+    assert len(cells) < 0.9 * len(residuals), (len(cells), len(residuals))
+    print(f"format 2: {len(cells)} B, format 1: {len(residuals)} B")
+    np.testing.assert_array_equal(
+        decode_cells(codec.inter, codec.tables, level, cells, prediction), decoded
+    )
+
+
+def test_flag_contexts_count_the_replenished_cells_above() -> None:
+    above = np.array([1, 1, 0, 0, 1, 0, 0, 0], bool)
+    np.testing.assert_array_equal(flag_contexts(above), [2, 2, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(flag_contexts(np.ones(3, bool)), [2, 2, 2])  # capped
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_a_format_1_p_frame_still_decodes(kind: str) -> None:
+    """Container version 3's P-frames (residuals only) as an older edge or the store has them."""
+    codec = CODECS[kind]()
+    assert codec.inter is not None
+    y0, y1 = video(codec, 2, seed=4)
+    key = codec.compress(y0, 2)
+    assert key.symbols is not None
+    prediction = codec.predict(key.symbols, 2)
+    residual = codec.quantize(y1, 2) - prediction
+    skip = skip_map(residual, DEFAULT_SKIP_THRESHOLD)
+    payload, coded = encode_residual(codec.inter, 2, residual, skip)
+    expected = prediction + coded
+    old = EncodedFeatures(2, SHAPE, payload, symbol_crc(expected), key.symbols.crc, p_format=1)
+    np.testing.assert_array_equal(codec.decompress_symbols(old, key.symbols).q, expected)
+    with pytest.raises(EntropyCodingError, match="unknown P-frame format 3"):
+        codec.decompress_symbols(replace(old, p_format=3), key.symbols)
+
+
 def test_every_offset_on_the_ladder_decodes() -> None:
     """The encoder picks the cheapest scale; small and large residuals pick the ends."""
     inter = gained_codec().inter
@@ -360,6 +440,27 @@ def test_inter_tables_check_their_shape() -> None:
         InterTables(inter.freqs, np.full_like(inter.base, len(LADDER)), inter.radius)
 
 
+def test_format_2_header_fields_out_of_range_are_named() -> None:
+    codec = gained_codec()
+    assert codec.inter is not None
+    prediction = np.zeros(SHAPE, np.int32)
+
+    def header(offset: int, *probabilities: int) -> bytes:
+        return struct.pack("<b5H", offset, *probabilities) + bytes(4)
+
+    cases = [
+        (header(-9, 1, 1, 1, 1, 1), "scale offset -9 outside -8..6"),
+        (header(0, 1, 0, 1, 1, 1), r"skip \(context 1\) probability 0 outside"),
+        (header(0, 1, 1, 1, 0, 1), "still-channel probability 0 outside"),
+        (header(0, 1, 1, 1, 1, 0), "residual-cell probability 0 outside"),
+        (header(0, 1, 1, 1, 1, 1)[:10], "11-byte header followed by whole 32-bit"),
+        (header(0, 1, 1, 1, 1, 1) + b"\x00", "11-byte header followed by whole 32-bit"),
+    ]
+    for payload, message in cases:
+        with pytest.raises(EntropyCodingError, match=message):
+            decode_cells(codec.inter, codec.tables, 0, payload, prediction)
+
+
 def test_payload_header_fields_out_of_range_are_named() -> None:
     inter = gained_codec().inter
     assert inter is not None
@@ -383,7 +484,7 @@ def mutate(payload: bytes, rng: np.random.Generator) -> bytes:
         return payload + rng.bytes(4 * int(rng.integers(1, 3)))
     out = bytearray(payload)
     # 2: anywhere, header included; 3: the ANS words only (if there are any)
-    lo = 5 if kind == 3 and len(out) > 5 else 0
+    lo = 11 if kind == 3 and len(out) > 11 else 0
     for _ in range(int(rng.integers(1, 4))):
         i = int(rng.integers(lo, len(out)))
         out[i] ^= 1 << int(rng.integers(8))
