@@ -9,8 +9,7 @@ from pathlib import Path
 from cloud.metrics import CloudMetrics
 from cloud.retention_sweeper import RetentionSweeper, SweepReport, policy_of
 from cloud.settings import CloudSettings
-from cloud.store.blobs import open_blob_store
-from cloud.store.frame_store import FrameStore
+from cloud.store import open_store
 from infra.settings_files import load_settings
 
 
@@ -22,11 +21,7 @@ def sweep_command(
     policy = policy_of(s)
     if not policy.enabled:
         raise ValueError("no retention configured: set retention_days or retention_per_camera")
-    s.data_dir.mkdir(parents=True, exist_ok=True)
-    blobs = open_blob_store(
-        s.blob_url, s.data_dir / "blobs", endpoint_url=s.s3_endpoint_url, region=s.s3_region
-    )
-    store = FrameStore.open(s.resolved_database_url(), blobs)
+    store = open_store(s)
     try:
         sweeper = RetentionSweeper(store, policy, CloudMetrics(), batch=s.retention_batch)
         report = sweeper.sweep_once(dry_run=dry_run)
@@ -40,10 +35,10 @@ def report_lines(report: SweepReport, dry_run: bool) -> list[str]:
     lines = []
     for done in report.sweeps:
         cutoff = datetime.fromtimestamp(done.cutoff_ns / 1e9, UTC).isoformat(timespec="seconds")
-        counts = ", ".join(f"{n} {kind}" for kind, n in done.deleted.counts().items())
         start = done.keep_from_sequence
         kept = "" if start is None else f"; kept from sequence {start}"
         held = f"; {done.held} frames held by running views" if done.held else ""
-        lines.append(f"{done.camera_id}: {verb} {counts} (before {cutoff}{kept}{held})")
+        what = f"{verb} {done.deleted.summary()}"
+        lines.append(f"{done.camera_id}: {what} (before {cutoff}{kept}{held})")
     lines += [f"{camera}: failed: {error}" for camera, error in report.failed.items()]
     return lines or ["no camera has a retention"]

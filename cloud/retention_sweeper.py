@@ -104,7 +104,7 @@ class RetentionSweeper:
                 "retention: camera %s: deleted %s (kept from sequence %s; %d frames held "
                 "by running views)",
                 done.camera_id,
-                ", ".join(f"{n} {kind}" for kind, n in done.deleted.counts().items()),
+                done.deleted.summary(),
                 done.keep_from_sequence,
                 done.held,
             )

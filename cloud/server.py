@@ -32,8 +32,7 @@ from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
 from cloud.retention_sweeper import start_retention_sweeper
 from cloud.settings import CloudSettings
-from cloud.store.blobs import open_blob_store
-from cloud.store.frame_store import FrameStore
+from cloud.store import open_store
 from cloud.tail_batcher import BatchedTail
 from cloud.view_queue import ViewJobQueue, open_view_queue
 from codec.bundle import Bundle
@@ -156,12 +155,8 @@ class CloudServer:
         metrics = CloudMetrics()
 
         # 2. Durable state.
-        s.data_dir.mkdir(parents=True, exist_ok=True)
         # The bucket is checked here: a wrong one stops the start, not the first frame.
-        blobs = open_blob_store(
-            s.blob_url, s.data_dir / "blobs", endpoint_url=s.s3_endpoint_url, region=s.s3_region
-        )
-        store = FrameStore.open(s.resolved_database_url(), blobs)
+        store = open_store(s)
 
         # 3. Ingest: decoder + detector tail behind the gRPC servicer.
         decoder = FrameDecoder(bundle)

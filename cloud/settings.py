@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -166,9 +166,7 @@ class CloudSettings(BaseSettings):
     @field_validator("camera_tokens")
     @classmethod
     def _token_hashes(cls, value: dict[str, str]) -> dict[str, str]:
-        for camera, digest in value.items():
-            if not CAMERA_ID.match(camera):
-                raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+        for camera, digest in _camera_keys(value):
             if not SHA256_HEX.match(digest):
                 # The usual mistake is pasting the token itself: say what is expected.
                 raise ValueError(
@@ -180,9 +178,7 @@ class CloudSettings(BaseSettings):
     @field_validator("retention_per_camera")
     @classmethod
     def _retention_days(cls, value: dict[str, float]) -> dict[str, float]:
-        for camera, days in value.items():
-            if not CAMERA_ID.match(camera):
-                raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+        for camera, days in _camera_keys(value):
             if not days > 0:  # also refuses NaN
                 raise ValueError(f"camera {camera}: retention {days} days must be > 0")
         return value
@@ -237,3 +233,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_V = TypeVar("_V")
+
+
+def _camera_keys(value: dict[str, _V]) -> list[tuple[str, _V]]:
+    """A per-camera setting's items, once every key is checked to be a camera id."""
+    for camera in value:
+        if not CAMERA_ID.match(camera):
+            raise ValueError(f"camera id {camera!r} must match {CAMERA_ID.pattern}")
+    return list(value.items())

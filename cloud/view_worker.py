@@ -24,8 +24,7 @@ from cloud.frame_decoder import FrameDecoder
 from cloud.metrics import CloudMetrics
 from cloud.restore_worker import start_view_workers
 from cloud.settings import CloudSettings
-from cloud.store.blobs import open_blob_store
-from cloud.store.frame_store import FrameStore
+from cloud.store import open_store
 from cloud.view_queue import open_view_queue
 from codec.bundle import Bundle
 
@@ -42,10 +41,7 @@ async def serve_view_workers(settings: CloudSettings) -> None:
     # 1. The same bundle, database and blobs as the replicas.
     bundle = Bundle.load(s.bundle)
     metrics = CloudMetrics()
-    blobs = open_blob_store(
-        s.blob_url, s.data_dir / "blobs", endpoint_url=s.s3_endpoint_url, region=s.s3_region
-    )
-    store = FrameStore.open(s.resolved_database_url(), blobs)
+    store = open_store(s)
     queue = open_view_queue(s, store, metrics)
     if s.worker_metrics_port is not None:
         start_http_server(s.worker_metrics_port, addr=s.http_host, registry=metrics.registry)

@@ -89,6 +89,10 @@ class Deleted:
     def counts(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def summary(self) -> str:
+        """``"3 frames, 12 detections, 0 views, 3 blobs"``: for logs and the CLI."""
+        return ", ".join(f"{n} {kind}" for kind, n in self.counts().items())
+
 
 @dataclass(frozen=True)
 class CameraSweep:
@@ -105,7 +109,6 @@ class CameraSweep:
     batches: int
     oldest_frame_ns: int | None
     """capture time of the camera's oldest frame after the sweep (a dry run: now)"""
-    dry_run: bool = False
 
 
 def camera_ids(store: FrameStore) -> list[str]:
@@ -138,9 +141,7 @@ def sweep_camera(
             select(f.id).where(f.camera_id == camera_id, f.capture_time_ns < cutoff_ns).limit(1)
         ).first()
     if expired_any is None:
-        return CameraSweep(
-            camera_id, cutoff_ns, None, Deleted(), 0, 0, _oldest(store, camera_id), dry_run
-        )
+        return CameraSweep(camera_id, cutoff_ns, None, Deleted(), 0, 0, _oldest(store, camera_id))
 
     # 2. The keyframe the oldest kept frame decodes from: the first sequence kept.
     with store.engine.connect() as conn:
@@ -168,7 +169,7 @@ def sweep_camera(
     if dry_run:
         deleted, held = _count(store, conds)
         return CameraSweep(
-            camera_id, cutoff_ns, keep_from, deleted, held, 0, _oldest(store, camera_id), True
+            camera_id, cutoff_ns, keep_from, deleted, held, 0, _oldest(store, camera_id)
         )
     total, held, batches, after = Deleted(), 0, 0, -1
     while stop is None or not stop():

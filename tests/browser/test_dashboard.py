@@ -255,6 +255,7 @@ def test_a_full_view_queue_is_shown(
             sign_in(page, cloud.api_key)
             page.click(f'[data-camera="{LIVE}"]')
             rows = page.locator("#detection-rows tr.detection")
+            rows.first.wait_for()  # the timeline loads after the click: read it once it is there
             frames = rows.evaluate_all("rs => rs.map(r => r.dataset.frame)")
             first = frames.index(frames[0])
             other = next(i for i, f in enumerate(frames) if f != frames[0])
