@@ -39,12 +39,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloud.detector_tail import DetectorTail
-from cloud.frame_decoder import DecodedFrame, FrameDecoder, InvalidFrame
-from codec.bitstream import OVERHEAD_BYTES, FrameBitstream, FrameReference
+from cloud.frame_decoder import DecodedFrame, FrameDecoder, InvalidFrame, ReferenceFrame
+from codec.bitstream import (
+    KEYFRAME_OVERHEAD_BYTES,
+    OVERHEAD_BYTES,
+    FrameBitstream,
+    FrameReference,
+    payload_start,
+)
 from codec.bundle import Bundle
 from codec.entropy_tables import EntropyCodingError
 from codec.feature_codec import EncodedFeatures
-from codec.inter_frames import LatentSymbols
 from edge.frame_encoder import FrameEncoder
 from edge.preprocess import letterbox
 from edge.sources import CapturedFrame, open_source
@@ -56,8 +61,9 @@ from tests.integration.malformed_frames import reframe
 
 def corrupt_payload(good: bytes, rng: np.random.Generator) -> bytes:
     body = bytearray(good[:-4])
+    start = payload_start(good)
     for _ in range(int(rng.integers(1, 4))):
-        i = int(rng.integers(OVERHEAD_BYTES - 4, len(body)))  # the payload
+        i = int(rng.integers(start, len(body)))  # the payload
         body[i] ^= 1 << int(rng.integers(8))
     return reframe(bytes(body))
 
@@ -134,14 +140,14 @@ def video_pairs(frames: int, p_fps: float) -> list[tuple[CapturedFrame, Captured
 
 def coded_frames(
     encoder: FrameEncoder, decoder: FrameDecoder, frames: int, levels: list[int], p_fps: float
-) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes, LatentSymbols]]]:
+) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes, ReferenceFrame]]]:
     """Keyframes [(level, bytes)] and P-frames [(level, bytes, the cloud's reference)].
 
     Coded with the encoder's backend and codec directly (what FrameEncoder.encode does for
     a keyframe), so P-frames need nothing from the edge agent's reference keeping."""
     codec, info = encoder.codec, encoder.bundle.manifest.detector
     keys: list[tuple[int, bytes]] = []
-    inter: list[tuple[int, bytes, LatentSymbols]] = []
+    inter: list[tuple[int, bytes, ReferenceFrame]] = []
     for first, second in video_pairs(frames, p_fps):
         features = []
         for f in (first, second):
@@ -154,8 +160,8 @@ def coded_frames(
             if codec.supports_inter:
                 p = codec.compress(features[1][0], lv, reference=key.symbols)
                 p_bytes = container(encoder.bundle, codec.codec_id, features[1][1], p)
-                reference = decoder.decode(key_bytes).symbols  # as the cloud holds it
-                assert p.symbols is not None and reference.crc == p.reference_crc
+                reference = decoder.decode(key_bytes).as_reference  # as the cloud holds it
+                assert p.symbols is not None and reference.symbols.crc == p.reference_crc
                 inter.append((lv, p_bytes, reference))
     return keys, inter
 
@@ -203,7 +209,7 @@ def _count(counts: dict[int, int], level: int) -> None:
 def fuzz_decode(
     decoder: FrameDecoder,
     tail: DetectorTail,
-    corpus: list[tuple[int, bytes, bytes, LatentSymbols | None]],
+    corpus: list[tuple[int, bytes, bytes, ReferenceFrame | None]],
 ) -> FuzzResult:
     """Decode each corrupted frame with and without the symbol CRC (a P-frame against
     its right reference); run the tail on the garbage that decodes cleanly without it.
@@ -218,13 +224,15 @@ def fuzz_decode(
         if good not in originals:
             originals[good] = decoder.decode(good, reference=reference)
         original = originals[good]
-        frame = decoder.parse(bad)
+        frame = decoder.parse(bad, None if reference is None else reference.header)
         geometry = decoder.geometry(frame)
         ref_crc = None if frame.reference is None else frame.reference.symbol_crc
         unchecked = EncodedFeatures(frame.rate_level, frame.latent_shape, frame.payload, None,
-                                    ref_crc)  # fmt: skip
+                                    ref_crc, p_format=frame.p_format)  # fmt: skip
         try:
-            symbols = decoder.codec.decompress_symbols(unchecked, reference)
+            symbols = decoder.codec.decompress_symbols(
+                unchecked, None if reference is None else reference.symbols
+            )
         except EntropyCodingError:
             symbols = None
         if symbols is not None:
@@ -264,12 +272,12 @@ def main() -> None:
     levels = sorted({0, encoder.num_levels // 2, encoder.num_levels - 1})
     goods, p_goods = coded_frames(encoder, decoder, args.frames, levels, args.p_fps)
     rng = np.random.default_rng(args.seed)
-    corpus: list[tuple[int, bytes, bytes, LatentSymbols | None]] = []
+    corpus: list[tuple[int, bytes, bytes, ReferenceFrame | None]] = []
     for _ in range(args.corpus):
         level, good = goods[int(rng.integers(len(goods)))]
         corpus.append((level, good, corrupt_payload(good, rng), None))
     p_rng = np.random.default_rng([args.seed, 1])  # the keyframe corpus stays as it was
-    p_corpus: list[tuple[int, bytes, bytes, LatentSymbols | None]] = []
+    p_corpus: list[tuple[int, bytes, bytes, ReferenceFrame | None]] = []
     for _ in range(args.p_corpus if p_goods else 0):
         level, good, reference = p_goods[int(p_rng.integers(len(p_goods)))]
         p_corpus.append((level, good, corrupt_payload(good, p_rng), reference))
@@ -291,7 +299,7 @@ def main() -> None:
         "frames": args.frames,
         "levels": levels,
         "seed": args.seed,
-        "framing_bytes": OVERHEAD_BYTES,
+        "framing_bytes": {"keyframe": KEYFRAME_OVERHEAD_BYTES, "p_frame": OVERHEAD_BYTES},
         "symbol_crc_bytes": 4,
         "garbage_detections": key_result.garbage_detections,
         "original_detections": key_result.original_detections,
@@ -311,8 +319,8 @@ def main() -> None:
 
     lines = [
         "| frame | rate level | B/frame | corrupted payloads | decode cleanly, container CRC + "
-        "entropy decoder (v1 check) | … to other symbols | decode cleanly, + symbol CRC-32 "
-        "(v2/v3 check) | … to other symbols |",
+        "entropy decoder (version 1: no symbol check) | … to other symbols | decode cleanly, "
+        "+ symbol CRC-32 (version 2 on) | … to other symbols |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {r['frame']} | {r['level']} | {r['bytes_per_frame']:,.0f} | {r['corrupted']} | "
@@ -324,8 +332,9 @@ def main() -> None:
     worst = max(key_result.garbage_detections, default=0)
     p_worst = max(p_result.garbage_detections, default=0)
     lines += ["", f"{len(goods) // len(levels)} real frames of the demo video, each at "
-              f"levels {levels} (B/frame includes {OVERHEAD_BYTES} B of framing, 4 of them "
-              f"the symbol CRC, 6 the reference); P-frames: the frame {1 / args.p_fps:.2f} s "
+              f"levels {levels} (B/frame includes the framing: {KEYFRAME_OVERHEAD_BYTES} B a "
+              f"keyframe, {OVERHEAD_BYTES} B a P-frame, 4 of them the symbol CRC; a P-frame's "
+              f"reference takes 5 B of its framing); P-frames: the frame {1 / args.p_fps:.2f} s "
               f"after each, predicted from its keyframe at the same level and decoded with "
               f"that reference. 1-3 payload bit flips each, container CRC recomputed; "
               f"seed {args.seed}. \"Other symbols\": not the ones the edge coded (a flip can "

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cloud.detector_tail import Detection
-from codec.bitstream import OVERHEAD_BYTES
+from codec.bitstream import KEYFRAME_OVERHEAD_BYTES
 from codec.bundle import Bundle
 from codec.feature_codec import GainedFeatureCodec
 from codec.geometry import Letterbox
@@ -101,7 +101,8 @@ def main() -> None:
                 else:
                     mask = region_mask(boxes, edge.geometry, grid, info.stride, margin)
                     side = mask_bits(mask)
-                nbytes.append(coded_bytes(codec, q, level, mask) + side / 8 + OVERHEAD_BYTES)
+                coded = coded_bytes(codec, q, level, mask) + side / 8
+                nbytes.append(coded + KEYFRAME_OVERHEAD_BYTES)
                 decoded = codec.dequantize(q * mask[None], level)
                 found.append(detector.scorer(decoded, edge.geometry))
             map50, _ = coco_map(reference, found)

@@ -1,6 +1,7 @@
 """Bitstream bytes → split features, checked against the cloud's bundle.
 
-    bytes ─► FrameBitstream.from_bytes (magic, version, length, crc)
+    bytes ─► FrameBitstream.from_bytes (magic, version, length, crc; a version-5
+             P-frame with its reference's header, ReferenceFrame)
           ─► check bundle tag, codec, rate level, channels, geometry
           ─► FeatureCodec.decompress_symbols (integer tables, bit-exact; symbol CRC;
              a P-frame against the reference latent the caller resolved,
@@ -16,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from codec.bitstream import CHECKED_VERSIONS, BitstreamError, FrameBitstream
+from codec.bitstream import (
+    CHECKED_VERSIONS,
+    BitstreamError,
+    FrameBitstream,
+    FrameReference,
+    StreamHeader,
+)
 from codec.bundle import Bundle
 from codec.entropy_tables import EntropyCodingError
 from codec.feature_codec import EncodedFeatures
@@ -49,6 +56,15 @@ class OutdatedBitstream(InvalidFrame):
 
 
 @dataclass(frozen=True)
+class ReferenceFrame:
+    """What a camera's next P-frame is predicted from (its symbols) and, in container
+    version 5, inherits (its keyframe's header)."""
+
+    header: StreamHeader
+    symbols: LatentSymbols
+
+
+@dataclass(frozen=True)
 class DecodedFrame:
     bitstream: FrameBitstream
     features: np.ndarray
@@ -56,6 +72,10 @@ class DecodedFrame:
     geometry: Letterbox
     symbols: LatentSymbols
     """what the camera's next P-frame is predicted from"""
+
+    @property
+    def as_reference(self) -> ReferenceFrame:
+        return ReferenceFrame(self.bitstream.header, self.symbols)
 
 
 class MissingReference(InvalidFrame):
@@ -72,9 +92,17 @@ class FrameDecoder:
         self.pad_multiple = info.pad_multiple
         self.stride, self.input_size, self.channels = info.stride, info.input_size, info.channels
 
-    def parse(self, data: bytes) -> FrameBitstream:
+    def peek_reference(self, data: bytes) -> FrameReference | None:
+        """What a frame references (None: a keyframe), its container checked."""
         try:
-            frame = FrameBitstream.from_bytes(data)
+            return FrameBitstream.peek_reference(data)
+        except BitstreamError as exc:
+            raise InvalidFrame(str(exc)) from exc
+
+    def parse(self, data: bytes, inherited: StreamHeader | None = None) -> FrameBitstream:
+        """``inherited``: the reference's header, which a version-5 P-frame takes."""
+        try:
+            frame = FrameBitstream.from_bytes(data, inherited)
         except BitstreamError as exc:
             raise InvalidFrame(str(exc)) from exc
         if frame.bundle_tag != self.bundle.tag:
@@ -109,16 +137,19 @@ class FrameDecoder:
         return geometry
 
     def decode(
-        self, data: bytes, stored: bool = False, reference: LatentSymbols | None = None
+        self, data: bytes, stored: bool = False, reference: ReferenceFrame | None = None
     ) -> DecodedFrame:
         """Decode a frame; ``stored``: bytes from the cloud's own store, which may
         predate the symbol check (container version 1). Ingest takes only checked
         versions: a frame without the check could decode to garbage and be stored.
-        A P-frame needs ``reference``, the decoded latent its container names."""
-        return self.decode_parsed(self.parse(data), stored, reference)
+        A P-frame needs ``reference``, the decoded frame its container names."""
+        if reference is None and (named := self.peek_reference(data)) is not None:
+            raise MissingReference(_missing(named, None))
+        inherited = None if reference is None else reference.header
+        return self.decode_parsed(self.parse(data, inherited), stored, reference)
 
     def decode_parsed(
-        self, frame: FrameBitstream, stored: bool = False, reference: LatentSymbols | None = None
+        self, frame: FrameBitstream, stored: bool = False, reference: ReferenceFrame | None = None
     ) -> DecodedFrame:
         if frame.version not in CHECKED_VERSIONS and not stored:
             raise OutdatedBitstream(
@@ -129,12 +160,8 @@ class FrameDecoder:
         if frame.reference is not None:
             if not self.codec.supports_inter:
                 raise InvalidFrame("P-frame, but the cloud's bundle has no P-frame tables")
-            if reference is None or reference.crc != frame.reference.symbol_crc:
-                held = "none" if reference is None else f"symbol CRC {reference.crc:08x}"
-                raise MissingReference(
-                    f"P-frame references the frame {frame.reference.offset} back with symbol CRC "
-                    f"{frame.reference.symbol_crc:08x}; the cloud holds {held}: send a keyframe"
-                )
+            if reference is None or reference.symbols.crc != frame.reference.symbol_crc:
+                raise MissingReference(_missing(frame.reference, reference))
         encoded = EncodedFeatures(
             frame.rate_level,
             frame.latent_shape,
@@ -144,8 +171,18 @@ class FrameDecoder:
             p_format=frame.p_format,
         )
         try:
-            symbols = self.codec.decompress_symbols(encoded, reference)
+            symbols = self.codec.decompress_symbols(
+                encoded, None if reference is None else reference.symbols
+            )
         except EntropyCodingError as exc:
             raise InvalidFrame(f"payload: {exc}") from exc
         features = self.codec.dequantize(symbols.q, frame.rate_level)
         return DecodedFrame(frame, features, geometry, symbols)
+
+
+def _missing(named: FrameReference, held: ReferenceFrame | None) -> str:
+    what = "none" if held is None else f"symbol CRC {held.symbols.crc:08x}"
+    return (
+        f"P-frame references the frame {named.offset} back with symbol CRC "
+        f"{named.symbol_crc:08x}; the cloud holds {what}: send a keyframe"
+    )

@@ -78,9 +78,9 @@ class FrameIngest:
             return replay
 
         t0 = time.perf_counter()
-        parsed = self.decoder.parse(frame.bitstream)
-        reference = self.references.reference_for(frame.camera_id, frame.sequence, parsed)
-        decoded = self.decoder.decode_parsed(parsed, reference=reference)
+        named = self.decoder.peek_reference(frame.bitstream)
+        reference = self.references.reference_for(frame.camera_id, frame.sequence, named)
+        decoded = self.decoder.decode(frame.bitstream, reference=reference)
         if decoded.bitstream.rate_level != frame.rate_level:
             raise InvalidFrame(
                 f"rate_level {frame.rate_level} differs from the bitstream's "
@@ -107,7 +107,7 @@ class FrameIngest:
         )
         t3 = time.perf_counter()
 
-        self.references.remember(frame.camera_id, frame.sequence, decoded.symbols)
+        self.references.remember(frame.camera_id, frame.sequence, decoded.as_reference)
         m = self.metrics
         for stage, seconds in (("decode", t1 - t0), ("nn_part_2", t2 - t1), ("store", t3 - t2)):
             m.stage_seconds.labels(stage).observe(seconds)
@@ -116,7 +116,7 @@ class FrameIngest:
         else:
             m.frames.labels(frame.camera_id).inc()
             m.bytes.inc(len(frame.bitstream))
-            m.frame_types.labels("key" if parsed.reference is None else "p").inc()
+            m.frame_types.labels("key" if named is None else "p").inc()
             for d in found:
                 m.detections.labels(d.label).inc()
         return stored

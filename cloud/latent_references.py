@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import threading
 
-from cloud.frame_decoder import DecodedFrame, FrameDecoder, MissingReference
+from cloud.frame_decoder import DecodedFrame, FrameDecoder, MissingReference, ReferenceFrame
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import FrameRecord
-from codec.bitstream import FrameBitstream
-from codec.inter_frames import LatentSymbols
-
-MAX_CHAIN = 10_000
-"""Longest P-frame chain rebuilt from the store (the edge keys every 50 by default)."""
+from codec.bitstream import MAX_CHAIN, FrameReference
 
 
 class LatentReferences:
@@ -32,36 +28,37 @@ class LatentReferences:
         self, decoder: FrameDecoder, store: FrameStore, max_chain: int = MAX_CHAIN
     ) -> None:
         self.decoder, self.store, self.max_chain = decoder, store, max_chain
-        self._latest: dict[str, tuple[int, LatentSymbols]] = {}
+        self._latest: dict[str, tuple[int, ReferenceFrame]] = {}
         self._lock = threading.Lock()
 
     def reference_for(
-        self, camera_id: str, sequence: int, frame: FrameBitstream
-    ) -> LatentSymbols | None:
-        """The latent ``frame`` (camera's ``sequence``) is predicted from; None for a
-        keyframe. Raises MissingReference when the store cannot rebuild it."""
-        if frame.reference is None:
+        self, camera_id: str, sequence: int, reference: FrameReference | None
+    ) -> ReferenceFrame | None:
+        """What the camera's frame ``sequence``, which names ``reference`` (None: a
+        keyframe), is predicted from. Raises MissingReference when the store cannot
+        rebuild it."""
+        if reference is None:
             return None
-        wanted = sequence - frame.reference.offset
+        wanted = sequence - reference.offset
         with self._lock:
             held = self._latest.get(camera_id)
-        if held is not None and held[0] == wanted and held[1].crc == frame.reference.symbol_crc:
+        if held is not None and held[0] == wanted and held[1].symbols.crc == reference.symbol_crc:
             return held[1]
-        return self.decode_stored(camera_id, wanted).symbols
+        return self.decode_stored(camera_id, wanted).as_reference
 
-    def remember(self, camera_id: str, sequence: int, symbols: LatentSymbols) -> None:
+    def remember(self, camera_id: str, sequence: int, reference: ReferenceFrame) -> None:
         """A frame was stored: it is the camera's newest reference (unless an older one)."""
         with self._lock:
             held = self._latest.get(camera_id)
             if held is None or held[0] <= sequence:
-                self._latest[camera_id] = (sequence, symbols)
+                self._latest[camera_id] = (sequence, reference)
 
     def decode_stored(
         self, camera_id: str, sequence: int, record: FrameRecord | None = None
     ) -> DecodedFrame:
         """Decode the stored frame ``sequence`` of ``camera_id``, from its keyframe on
         (``record``: its row, when the caller already holds it)."""
-        chain: list[FrameBitstream] = []
+        chain: list[bytes] = []
         at = sequence
         while True:
             if record is None or chain:
@@ -72,20 +69,23 @@ class LatentReferences:
                     f"frame {at} of camera {camera_id} is not stored{first}: "
                     "a P-frame cannot be decoded without it; the camera must send a keyframe"
                 )
-            frame = self.decoder.parse(self.store.read_bitstream(record))
-            chain.append(frame)
-            if frame.reference is None:
+            data = self.store.read_bitstream(record)
+            chain.append(data)
+            named = self.decoder.peek_reference(data)
+            if named is None:
                 break
             if len(chain) > self.max_chain:
                 raise MissingReference(
                     f"frame {sequence} of camera {camera_id}: no keyframe within {self.max_chain} "
                     "frames of it"
                 )
-            at -= frame.reference.offset
-        reference: LatentSymbols | None = None
+            at -= named.offset
+        # Forward from the keyframe: each frame against (and, version 5, with the header
+        # of) the one before.
+        reference: ReferenceFrame | None = None
         decoded: DecodedFrame | None = None
-        for frame in reversed(chain):
-            decoded = self.decoder.decode_parsed(frame, stored=True, reference=reference)
-            reference = decoded.symbols
+        for data in reversed(chain):
+            decoded = self.decoder.decode(data, stored=True, reference=reference)
+            reference = decoded.as_reference
         assert decoded is not None
         return decoded

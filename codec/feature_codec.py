@@ -28,6 +28,7 @@ import numpy as np
 
 from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
 from codec.inter_frames import (
+    CELL_FORMATS,
     P_FORMAT,
     InterTables,
     LatentSymbols,
@@ -41,7 +42,7 @@ DEFAULT_SKIP_THRESHOLD = 6.0
 """P-frame cells whose residual energy is within this many symbol steps² are skipped."""
 INTRA_CHECK_BELOW = 0.25
 """A P-frame that skips fewer cells than this (a cut, a pan, a light switched on) is also
-coded intra; the smaller one goes, and a keyframe restarts the chain. P-frames of format 2
+coded intra; the smaller one goes, and a keyframe restarts the chain. P-frames of formats 2 and 3
 code a changed cell intra when that is shorter, so they are rarely longer: at 0.75, on the
 panning street clip the keyframe won at most 2 of 29 frames a level (format 1: up to 13),
 and each frame coded both ways cost the edge a keyframe's coding on top."""
@@ -61,8 +62,8 @@ class EncodedFeatures:
     """Encoder side only (never on the wire): the latent as the decoder will rebuild it,
     the next P-frame's reference."""
     p_format: int = P_FORMAT
-    """How a P-frame's payload is coded (codec/inter_frames.py): 2, what ``compress``
-    writes; 1, frames from before it (container version 3)."""
+    """How a P-frame's payload is coded (codec/inter_frames.py): 3, what ``compress``
+    writes; 1 and 2, frames from before it (container versions 3 and 4)."""
 
 
 class FeatureCodec(Protocol):
@@ -180,7 +181,9 @@ class _TableCoded:
         if wide.min() < -(2**31) or wide.max() >= 2**31:
             return self.compress(features, rate_level)  # no int32 residual: a keyframe
         skip = skip_map(wide, skip_threshold)
-        payload, decoded = encode_cells(inter, self.tables, rate_level, prediction, q, skip)
+        payload, decoded = encode_cells(
+            inter, self.tables, rate_level, prediction, q, skip, reference.replenished
+        )
         if skip.mean() < INTRA_CHECK_BELOW:
             # Much of the frame changed (a pan, a cut, a light switched on): a keyframe
             # may be smaller, and it restarts the chain for free.
@@ -188,14 +191,14 @@ class _TableCoded:
             if len(intra.payload) <= len(payload):
                 return intra
         crc = symbol_crc(decoded)
-        return EncodedFeatures(
-            rate_level, shape, payload, crc, reference.crc, LatentSymbols(rate_level, decoded, crc)
-        )
+        symbols = LatentSymbols(rate_level, decoded, crc, ~skip)
+        return EncodedFeatures(rate_level, shape, payload, crc, reference.crc, symbols)
 
     def decompress_symbols(
         self, encoded: EncodedFeatures, reference: LatentSymbols | None = None
     ) -> LatentSymbols:
         """The decoded symbols; a P-frame needs the reference its ``reference_crc`` names."""
+        replenished = None
         if encoded.reference_crc is None:
             q = self.tables.decode(encoded.payload, encoded.rate_level, encoded.latent_shape)
         else:
@@ -215,10 +218,11 @@ class _TableCoded:
                     f"rate level {encoded.rate_level} outside 0..{self.num_levels - 1}"
                 )
             prediction = self.predict(reference, encoded.rate_level).astype(np.int64)
-            if encoded.p_format == P_FORMAT:
-                wide = decode_cells(
-                    self._inter(), self.tables, encoded.rate_level, encoded.payload, prediction
-                )
+            if encoded.p_format in CELL_FORMATS:
+                wide, replenished = decode_cells(
+                    self._inter(), self.tables, encoded.rate_level, encoded.payload, prediction,
+                    reference.replenished, encoded.p_format,
+                )  # fmt: skip
             elif encoded.p_format == 1:
                 wide = prediction + decode_residual(
                     self._inter(), encoded.rate_level, encoded.payload, encoded.latent_shape
@@ -234,7 +238,7 @@ class _TableCoded:
                 "payload does not decode to the symbols it was coded from (symbol CRC-32 "
                 f"{crc:08x}, the container says {encoded.symbol_crc:08x}): corrupted"
             )
-        return LatentSymbols(encoded.rate_level, q, crc)
+        return LatentSymbols(encoded.rate_level, q, crc, replenished)
 
     def decompress(
         self, encoded: EncodedFeatures, reference: LatentSymbols | None = None

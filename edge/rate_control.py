@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from codec.bitstream import OVERHEAD_BYTES
+from codec.bitstream import KEYFRAME_OVERHEAD_BYTES
 from codec.bundle import DetectorInfo
 from codec.feature_codec import FeatureCodec
 from codec.geometry import Letterbox
@@ -367,7 +367,7 @@ def latent_shape_for(detector: DetectorInfo, image_size: tuple[int, int]) -> tup
 def expected_frame_bytes(codec: FeatureCodec, latent_shape: tuple[int, int, int]) -> list[float]:
     """Expected bytes of a whole frame bitstream (container included) at each level."""
     return [
-        codec.expected_bytes(level, latent_shape) + OVERHEAD_BYTES
+        codec.expected_bytes(level, latent_shape) + KEYFRAME_OVERHEAD_BYTES
         for level in range(codec.num_levels)
     ]
 

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from cloud.detector_tail import Detection, DetectorTail
-from cloud.frame_decoder import FrameDecoder
+from cloud.frame_decoder import FrameDecoder, ReferenceFrame
 from codec.bitstream import FrameBitstream, FrameReference
 from codec.bundle import Bundle
 from codec.feature_codec import DEFAULT_SKIP_THRESHOLD
@@ -328,7 +328,7 @@ class SentFrame:
     coded: StreamCoded
     edge_symbols: LatentSymbols
     """the encoder's reference for the next P-frame"""
-    cloud_symbols: LatentSymbols
+    cloud_reference: ReferenceFrame
     """what the cloud decoded: its reference for the next P-frame"""
 
 
@@ -350,7 +350,7 @@ class FeaturePath:
         self,
         edge: EdgeFeatures,
         level: int,
-        reference: tuple[LatentSymbols, LatentSymbols] | None = None,
+        reference: tuple[LatentSymbols, ReferenceFrame] | None = None,
         skip_threshold: float = DEFAULT_SKIP_THRESHOLD,
     ) -> SentFrame:
         """One frame edge → bytes → cloud; ``reference``: (the edge's, the cloud's) latent of
@@ -373,7 +373,7 @@ class FeaturePath:
             raise RuntimeError("the cloud decoded other symbols than the edge holds as reference")
         dets = self.scorer(decoded.features, edge.geometry)
         coded = StreamCoded(len(data), t_code, t_dec, dets, decoded.bitstream.is_keyframe)
-        return SentFrame(coded, enc.symbols, decoded.symbols)
+        return SentFrame(coded, enc.symbols, decoded.as_reference)
 
 
 class FeatureStream:
@@ -389,7 +389,7 @@ class FeatureStream:
         self.path = path
         self.gop = gop
         self.skip_threshold = skip_threshold
-        self._held: dict[int, tuple[int, LatentSymbols, LatentSymbols]] = {}
+        self._held: dict[int, tuple[int, LatentSymbols, ReferenceFrame]] = {}
         """level → (position, the edge's and the cloud's latent) of the last frame sent"""
 
     def __call__(self, edge: EdgeFeatures, level: int, position: int) -> StreamCoded:
@@ -405,5 +405,5 @@ class FeatureStream:
                 )
             reference = held[1], held[2]
         sent = self.path.send(edge, level, reference, self.skip_threshold)
-        self._held[level] = position, sent.edge_symbols, sent.cloud_symbols
+        self._held[level] = position, sent.edge_symbols, sent.cloud_reference
         return sent.coded

@@ -39,13 +39,11 @@ from cloud.store.blobs import BlobStore
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import FrameRecord
 from cloud.store.schema import cameras, detections, frames, views
-from codec.bitstream import BitstreamError, FrameBitstream
+from codec.bitstream import MAX_CHAIN, BitstreamError, FrameBitstream
 
 log = logging.getLogger(__name__)
 
 NS_PER_DAY = 86_400 * 10**9
-MAX_CHAIN = 10_000
-"""Longest reference chain walked (cloud/latent_references.py decodes no longer one)."""
 MAX_BATCH = 10_000
 """Most frames in one batch: their ids are bound parameters of one statement."""
 
@@ -189,12 +187,12 @@ def chain_start(store: FrameStore, record: FrameRecord, max_chain: int = MAX_CHA
     followed (a frame or blob missing, a bad bitstream, too long), the oldest reached."""
     for _ in range(max_chain):
         try:
-            parsed = FrameBitstream.from_bytes(store.read_bitstream(record))
+            named = FrameBitstream.peek_reference(store.read_bitstream(record))
         except (FileNotFoundError, BitstreamError):
             return record.sequence
-        if parsed.reference is None:
+        if named is None:
             return record.sequence
-        prior = store.find_frame(record.camera_id, record.sequence - parsed.reference.offset)
+        prior = store.find_frame(record.camera_id, record.sequence - named.offset)
         if prior is None:
             return record.sequence
         record = prior

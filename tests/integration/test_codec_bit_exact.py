@@ -5,16 +5,17 @@ keyframes and P-frames alike."""
 import struct
 import time
 import zlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
-from cloud.frame_decoder import FrameDecoder, InvalidFrame, MissingReference
+from cloud.frame_decoder import FrameDecoder, InvalidFrame, MissingReference, ReferenceFrame
 from codec.bitstream import FrameBitstream, FrameReference
 from codec.bundle import Bundle
 from codec.entropy_tables import symbol_crc
 from codec.feature_codec import DEFAULT_SKIP_THRESHOLD, EncodedFeatures, UniformFeatureCodec
-from codec.inter_frames import LatentSymbols, encode_residual, skip_map
+from codec.inter_frames import LatentSymbols, encode_cells, encode_residual, skip_map
 from edge.frame_encoder import FrameEncoder
 from edge.sources import open_source
 from tests.conftest import sample_images
@@ -70,11 +71,12 @@ KEYFRAME_EVERY = 25
 
 
 def container(bundle: Bundle, codec_id: int, image_size, encoded: EncodedFeatures) -> bytes:  # type: ignore[no-untyped-def]
-    """What the edge sends: the codec's output in a version-4 container, or version 3 for
-    a P-frame of format 1 (the P-frame's reference is the camera's previous frame)."""
+    """What the edge sends: the codec's output in a version-5 container, or the version
+    that holds an older P-frame format (3: format 1, 4: format 2); the P-frame's reference
+    is the camera's previous frame."""
     ref = encoded.reference_crc
     return FrameBitstream(
-        version=3 if encoded.p_format == 1 else 4,
+        version={1: 3, 2: 4, 3: 5}[encoded.p_format] if ref is not None else 5,
         codec_id=codec_id,
         rate_level=encoded.rate_level,
         bundle_tag=bundle.tag,
@@ -105,7 +107,7 @@ def test_p_frames_edge_to_cloud_are_bit_exact_over_1000_frames(tiny_bundle: Bund
     levels = edge_codec.num_levels
     level = levels // 2
     edge_ref: LatentSymbols | None = None
-    cloud_ref: LatentSymbols | None = None
+    cloud_ref: ReferenceFrame | None = None
     mismatches = p_frames = level_changes_in_p = 0
     sizes: dict[bool, list[int]] = {True: [], False: []}
     t0 = time.perf_counter()
@@ -134,13 +136,15 @@ def test_p_frames_edge_to_cloud_are_bit_exact_over_1000_frames(tiny_bundle: Bund
         assert decoded.bitstream.is_keyframe == (not is_p)
         mismatches += int(np.count_nonzero(decoded.symbols.q != encoded.symbols.q))
         assert decoded.symbols.crc == encoded.symbols.crc, f"frame {i}"
+        if is_p:  # the flags' temporal context of the next P-frame, at both ends
+            assert np.array_equal(decoded.symbols.replenished, encoded.symbols.replenished)  # type: ignore[arg-type]
         np.testing.assert_array_equal(
             decoded.features, decoder.codec.dequantize(encoded.symbols.q, level)
         )
         p_frames += is_p
         level_changes_in_p += is_p and edge_ref is not None and edge_ref.rate_level != level
         sizes[is_p].append(len(data))
-        edge_ref, cloud_ref = encoded.symbols, decoded.symbols
+        edge_ref, cloud_ref = encoded.symbols, decoded.as_reference
     elapsed = time.perf_counter() - t0
     print(
         f"1000 frames in {elapsed:.1f} s: {p_frames} P-frames of {np.mean(sizes[True]):.0f} B, "
@@ -167,7 +171,7 @@ def test_the_cloud_refuses_a_p_frame_without_its_reference(tiny_bundle: Bundle) 
         coded.append(container(tiny_bundle, encoder.codec.codec_id, geometry.image_size, encoded))
         reference = encoded.symbols
     key = decoder.decode(coded[0])
-    first = decoder.decode(coded[1], reference=key.symbols)
+    first = decoder.decode(coded[1], reference=key.as_reference)
     assert first.bitstream.reference == FrameReference(1, key.symbols.crc)
     with pytest.raises(MissingReference, match=f"symbol CRC {key.symbols.crc:08x}.*holds none"):
         decoder.decode(coded[1])
@@ -176,8 +180,8 @@ def test_the_cloud_refuses_a_p_frame_without_its_reference(tiny_bundle: Bundle) 
         MissingReference,
         match=f"{first.symbols.crc:08x}; the cloud holds symbol CRC {key.symbols.crc:08x}",
     ):
-        decoder.decode(coded[2], reference=key.symbols)
-    assert decoder.decode(coded[2], reference=first.symbols).bitstream.reference is not None
+        decoder.decode(coded[2], reference=key.as_reference)
+    assert decoder.decode(coded[2], reference=first.as_reference).bitstream.reference is not None
 
 
 def test_a_version_2_keyframe_is_still_accepted_at_ingest(tiny_bundle: Bundle) -> None:
@@ -186,46 +190,86 @@ def test_a_version_2_keyframe_is_still_accepted_at_ingest(tiny_bundle: Bundle) -
     decoder = FrameDecoder(tiny_bundle)
     frame = next(iter(frames_of_a_real_video(1)))
     current = encoder.encode(frame, 3).bitstream
-    parsed = FrameBitstream.from_bytes(current)
-    assert parsed.version == 4 and parsed.is_keyframe
-    body = current[:4] + b"\x02" + current[5:34] + current[40:-4]  # drop ref_offset, ref_crc
+    k = FrameBitstream.from_bytes(current)
+    assert k.version == 5 and k.is_keyframe
+    body = struct.pack(
+        "<4sBBBB8sHHHHHII", b"FCHM", 2, k.codec_id, k.rate_level, 0, k.bundle_tag,
+        *k.image_size, *k.latent_shape, len(k.payload), k.symbol_crc,
+    ) + k.payload  # fmt: skip
     v2 = body + struct.pack("<I", zlib.crc32(body))
     old = decoder.decode(v2)  # not stored: the ingest path
     assert old.bitstream.version == 2
     np.testing.assert_array_equal(old.symbols.q, decoder.decode(current).symbols.q)
 
 
-def test_a_format_1_p_frame_in_a_version_3_container_still_decodes(tiny_bundle: Bundle) -> None:
-    """What an edge agent from before format 2 sends, or the store holds from then: a
-    version-3 P-frame whose payload is residuals only (codec/inter_frames.py)."""
+@dataclass(frozen=True)
+class OlderPFrame:
+    """A real P-frame coded in an older payload format, framed as an older edge framed it."""
+
+    decoder: FrameDecoder
+    data: bytes
+    payload: bytes
+    expected: np.ndarray
+    reference: ReferenceFrame
+    """its keyframe as the cloud decoded it"""
+
+
+def older_p_frame(bundle: Bundle, p_format: int) -> OlderPFrame:
     from edge.preprocess import letterbox
 
-    encoder = FrameEncoder(tiny_bundle)
-    decoder = FrameDecoder(tiny_bundle)
+    encoder = FrameEncoder(bundle)
+    decoder = FrameDecoder(bundle)
     codec = encoder.codec
     assert isinstance(codec, UniformFeatureCodec) and codec.inter is not None
-    info = tiny_bundle.manifest.detector
+    info = bundle.manifest.detector
     (x0, geometry), (x1, _) = (
         letterbox(f.image, info.input_size, info.pad_multiple) for f in frames_of_a_real_video(2)
     )
     key = codec.compress(encoder.backend(x0), 2)
     assert key.symbols is not None
     prediction = codec.predict(key.symbols, 2)
-    residual = codec.quantize(encoder.backend(x1), 2) - prediction
-    skip = skip_map(residual, DEFAULT_SKIP_THRESHOLD)
+    q = codec.quantize(encoder.backend(x1), 2)
+    skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
     assert skip.any() and not skip.all()
-    payload, coded = encode_residual(codec.inter, 2, residual, skip)
-    expected = prediction + coded
+    if p_format == 1:
+        payload, coded = encode_residual(codec.inter, 2, q - prediction, skip)
+        expected = prediction + coded
+    else:
+        payload, expected = encode_cells(codec.inter, codec.tables, 2, prediction, q, skip,
+                                         p_format=p_format)  # fmt: skip
     old = EncodedFeatures(
-        2, key.latent_shape, payload, symbol_crc(expected), key.symbols.crc, p_format=1
+        2, key.latent_shape, payload, symbol_crc(expected), key.symbols.crc, p_format=p_format
     )
-    data = container(tiny_bundle, codec.codec_id, geometry.image_size, old)
-    got = decoder.decode(data, reference=key.symbols)
-    assert got.bitstream.version == 3 and got.bitstream.p_format == 1
-    np.testing.assert_array_equal(got.symbols.q, expected)
-    assert decoder.decode(data, stored=True, reference=key.symbols).symbols.crc == got.symbols.crc
-    # The same payload under version 4 is read as format 2: refused by name, not misread.
-    as_format_2 = EncodedFeatures(2, key.latent_shape, payload, old.symbol_crc, old.reference_crc)
-    relabelled = container(tiny_bundle, codec.codec_id, geometry.image_size, as_format_2)
+    reference = decoder.decode(
+        container(bundle, codec.codec_id, geometry.image_size, key)
+    ).as_reference
+    data = container(bundle, codec.codec_id, geometry.image_size, old)
+    return OlderPFrame(decoder, data, payload, expected, reference)
+
+
+@pytest.mark.parametrize(("p_format", "version"), [(1, 3), (2, 4)])
+def test_an_older_p_frame_in_its_own_container_version_still_decodes(
+    tiny_bundle: Bundle, p_format: int, version: int
+) -> None:
+    """What an edge agent from before each format sends, or the store holds from then: a
+    version-3 P-frame whose payload is residuals only, a version-4 one with every field in
+    its 44-B container and its flag probabilities in the payload (codec/inter_frames.py)."""
+    old = older_p_frame(tiny_bundle, p_format)
+    if version == 4:
+        assert len(old.data) == len(old.payload) + 44
+    got = old.decoder.decode(old.data, reference=old.reference)
+    assert got.bitstream.version == version and got.bitstream.p_format == p_format
+    np.testing.assert_array_equal(got.symbols.q, old.expected)
+    stored = old.decoder.decode(old.data, stored=True, reference=old.reference)
+    assert stored.symbols.crc == got.symbols.crc
+
+
+def test_a_format_1_payload_relabelled_as_version_4_is_refused_by_name(
+    tiny_bundle: Bundle,
+) -> None:
+    """Read as format 2 it does not parse: refused, not misread."""
+    old = older_p_frame(tiny_bundle, 1)
+    frame = FrameBitstream.from_bytes(old.data)
+    relabelled = replace(frame, version=4).to_bytes()
     with pytest.raises(InvalidFrame, match="11-byte header"):
-        decoder.decode(relabelled, reference=key.symbols)
+        old.decoder.decode(relabelled, reference=old.reference)

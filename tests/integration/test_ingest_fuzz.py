@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from cloud.frame_decoder import FrameDecoder
+from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
 from edge.frame_encoder import FrameEncoder
 from edge.sources import CapturedFrame
@@ -118,7 +119,11 @@ def test_a_version_1_frame_stops_the_stream_but_stored_ones_still_decode(
         .bitstream
     )
     # The same frame in the version-1 layout: no symbol CRC (nor version 3's reference).
-    body = good[:4] + b"\x01" + good[5:30] + good[40:-4]
+    k = FrameBitstream.from_bytes(good)
+    body = struct.pack(
+        "<4sBBBB8sHHHHHI", b"FCHM", 1, k.codec_id, k.rate_level, 0, k.bundle_tag,
+        *k.image_size, *k.latent_shape, len(k.payload),
+    ) + k.payload  # fmt: skip
     old = body + struct.pack("<I", zlib.crc32(body))
     with grpc.insecure_channel(cloud.grpc_target) as channel:
         acks, code, details = send(ingest_pb2_grpc.IngestStub(channel), tiny_bundle, 0, 3, old)

@@ -7,11 +7,13 @@ import pytest
 
 from codec.bitstream import (
     CHECKED_VERSIONS,
+    KEYFRAME_OVERHEAD_BYTES,
     OVERHEAD_BYTES,
     VERSION,
     BitstreamError,
     FrameBitstream,
     FrameReference,
+    payload_start,
 )
 from codec.entropy_tables import EntropyCodingError, EntropyTables, symbol_crc
 from codec.feature_codec import EncodedFeatures, UniformFeatureCodec
@@ -37,16 +39,47 @@ def make(
 
 
 @pytest.mark.parametrize(
-    "reference", [None, FrameReference(1, 0x01234567), FrameReference(65535, 0xFFFFFFFF)]
+    "reference", [None, FrameReference(1, 0x01234567), FrameReference(255, 0xFFFFFFFF)]
 )
 def test_round_trip_keeps_every_field(reference: FrameReference | None) -> None:
     frame = make(reference=reference)
     data = frame.to_bytes()
-    assert len(data) == OVERHEAD_BYTES + 4 == 48
-    parsed = FrameBitstream.from_bytes(data)
+    framing = KEYFRAME_OVERHEAD_BYTES if reference is None else OVERHEAD_BYTES
+    assert len(data) == framing + 4 == (38 if reference is None else 24)
+    assert FrameBitstream.peek_reference(data) == reference
+    parsed = FrameBitstream.from_bytes(data, make().header)
     assert parsed == frame
-    assert parsed.version == frame.version == VERSION == 4
+    assert parsed.version == frame.version == VERSION == 5 and parsed.p_format == 3
     assert parsed.reference == reference and parsed.is_keyframe == (reference is None)
+
+
+def test_a_version_5_p_frame_inherits_its_references_header() -> None:
+    """Codec, bundle tag and sizes are the keyframe's: a P-frame states none of them."""
+    key = make()
+    data = make(reference=FrameReference(1, 0x01234567)).to_bytes()
+    other = replace(key, image_size=(640, 480), latent_shape=(128, 32, 40), codec_id=1)
+    parsed = FrameBitstream.from_bytes(data, other.header)
+    assert (parsed.image_size, parsed.latent_shape, parsed.codec_id) == (
+        (640, 480), (128, 32, 40), 1,
+    )  # fmt: skip
+    with pytest.raises(BitstreamError, match="parse it with the reference's header"):
+        FrameBitstream.from_bytes(data)
+    # A keyframe ignores what it is given: it states its own.
+    assert FrameBitstream.from_bytes(key.to_bytes(), other.header) == key
+
+
+def test_version_5_layout_byte_for_byte() -> None:
+    key = make().to_bytes()
+    assert key[:6] == b"FCHM\x05\x00"
+    assert struct.unpack_from("<BB8sHHHHHI", key, 6) == (
+        0, 3, bytes(range(8)), 1920, 1080, 128, 48, 80, 0xDEADBEEF,
+    )  # fmt: skip
+    assert key[30:34] == b"\x01\x02\x03\x04" and payload_start(key) == 30
+    assert struct.unpack_from("<I", key, 34)[0] == zlib.crc32(key[:34])
+    p = make(reference=FrameReference(2, 0xCAFEF00D)).to_bytes()
+    assert struct.unpack_from("<4sBBBBII", p) == (b"FCHM", 5, 1, 3, 2, 0xCAFEF00D, 0xDEADBEEF)
+    assert p[16:20] == b"\x01\x02\x03\x04" and payload_start(p) == 16
+    assert struct.unpack_from("<I", p, 20)[0] == zlib.crc32(p[:20])
 
 
 def test_version_3_and_4_layout_byte_for_byte() -> None:
@@ -55,15 +88,17 @@ def test_version_3_and_4_layout_byte_for_byte() -> None:
     v3 = replace(make(reference=FrameReference(2, 0xCAFEF00D)), version=3).to_bytes()
     assert v3[:8] == b"FCHM\x03\x00\x03\x00"
     assert FrameBitstream.from_bytes(v3).p_format == 1
-    data = make(reference=FrameReference(2, 0xCAFEF00D)).to_bytes()
+    data = replace(make(reference=FrameReference(2, 0xCAFEF00D)), version=4).to_bytes()
     assert data[:8] == b"FCHM\x04\x00\x03\x00"
     assert FrameBitstream.from_bytes(data).p_format == 2
+    assert FrameBitstream.peek_reference(data) == FrameReference(2, 0xCAFEF00D)
     assert data[8:-4] == v3[8:-4]
     assert struct.unpack_from("<IIHI", data, 26) == (4, 0xDEADBEEF, 2, 0xCAFEF00D)
     assert data[40:44] == b"\x01\x02\x03\x04"
     assert struct.unpack_from("<I", data, 44)[0] == zlib.crc32(data[:44])
-    keyframe = make().to_bytes()
-    assert struct.unpack_from("<HI", keyframe, 34) == (0, 0)
+    keyframe = replace(make(), version=4).to_bytes()
+    assert len(keyframe) == 48 and struct.unpack_from("<HI", keyframe, 34) == (0, 0)
+    assert FrameBitstream.from_bytes(keyframe) == replace(make(), version=4)
 
 
 @pytest.mark.parametrize(
@@ -71,16 +106,45 @@ def test_version_3_and_4_layout_byte_for_byte() -> None:
     [
         (lambda d: b"JPEG" + d[4:], "bad magic"),
         (lambda d: d[:4] + b"\x09" + d[5:], "unsupported container version 9"),
-        (lambda d: d[:-1], "payload length field"),
+        (lambda d: d[:-1], "checksum mismatch"),
         (lambda d: d[:-6] + bytes([d[-6] ^ 0xFF]) + d[-5:], "checksum mismatch"),
-        (lambda d: d[:10], "shorter than the 44-byte framing of version 4"),
+        (lambda d: d[:10], "shorter than the 34-byte framing of version 5"),
         (lambda d: d[:3], "too short"),
-        (lambda d: recrc(d[:7] + b"\x04" + d[8:]), "flags 0x04 set"),
+        (lambda d: d[:5], "frame kind missing in version 5"),
+        (lambda d: recrc(d[:5] + b"\x07" + d[6:]), "frame kind 7 in version 5"),
+        (lambda d: recrc(d[:18] + b"\x00\x00" + d[20:]), "zero dimension in image 1920x0"),
     ],
 )
 def test_malformed_bitstreams_name_the_problem(mutate, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BitstreamError, match=message):
         FrameBitstream.from_bytes(mutate(make().to_bytes()))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:-1], "checksum mismatch"),
+        (lambda d: d[:10], "shorter than the 20-byte framing of version 5"),
+        (lambda d: recrc(d[:7] + b"\x00" + d[8:]), "ref_offset 0 in a version-5 P-frame"),
+    ],
+)
+def test_malformed_p_frames_name_the_problem(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    data = mutate(make(reference=FrameReference(1, 7)).to_bytes())
+    with pytest.raises(BitstreamError, match=message):
+        FrameBitstream.from_bytes(data, make().header)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d[:-1], "payload length field"),
+        (lambda d: d[:10], "shorter than the 44-byte framing of version 4"),
+        (lambda d: recrc(d[:7] + b"\x04" + d[8:]), "flags 0x04 set"),
+    ],
+)
+def test_malformed_version_4_frames_name_the_problem(mutate, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BitstreamError, match=message):
+        FrameBitstream.from_bytes(mutate(replace(make(), version=4).to_bytes()))
 
 
 def test_bundle_tag_must_be_eight_bytes() -> None:
@@ -102,6 +166,7 @@ def test_only_the_current_version_is_written() -> None:
         (FrameReference(-1, 0x1234), "reference .* needs 1 ≤ offset"),
         (FrameReference(1, 2**32), "and a CRC-32"),
         (FrameReference(1, -1), "and a CRC-32"),
+        (FrameReference(256, 0x1234), "references at most 255 frames back"),
     ],
 )
 def test_bad_references_are_not_written(reference: FrameReference, message: str) -> None:
@@ -110,7 +175,7 @@ def test_bad_references_are_not_written(reference: FrameReference, message: str)
 
 
 def test_a_reference_crc_on_a_keyframe_is_refused_by_name() -> None:
-    body = bytearray(make().to_bytes()[:-4])
+    body = bytearray(replace(make(), version=4).to_bytes()[:-4])
     struct.pack_into("<HI", body, 34, 0, 0xBADC0DE)
     with pytest.raises(
         BitstreamError, match="ref_crc 0badc0de set on a keyframe \\(ref_offset 0\\)"

@@ -1,7 +1,8 @@
 """P-frames: what changed against the last decoded latent, per-cell skips, bit-exact decoding.
 
-Format 2 (what compress writes) codes each replenished cell as a residual or intra;
-format 1 (container version 3, residuals only) must still decode.
+Format 3 (what compress writes) codes each replenished cell as a residual or intra, and
+its flags adaptively in spatial and temporal context; format 2 (container version 4:
+flag probabilities sent) and format 1 (version 3, residuals only) must still decode.
 
 Small real codecs (integer tables from discretized Laplacians, inter tables from
 build_inter_tables); every payload here is coded and decoded by constriction.
@@ -18,7 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from codec.entropy_tables import EntropyCodingError, EntropyTables, quantize_frequencies, symbol_crc
+from codec.entropy_tables import (
+    EntropyCodingError,
+    EntropyTables,
+    quantize_frequencies,
+    symbol_crc,
+    to_symbols,
+)
 from codec.feature_codec import (
     DEFAULT_SKIP_THRESHOLD,
     EncodedFeatures,
@@ -29,6 +36,8 @@ from codec.inter_frames import (
     LADDER,
     InterTables,
     LatentSymbols,
+    _intra_shift,
+    _residual_cells,
     build_inter_tables,
     decode_cells,
     decode_residual,
@@ -36,6 +45,7 @@ from codec.inter_frames import (
     encode_residual,
     flag_contexts,
     skip_map,
+    temporal_contexts,
 )
 
 SHAPE = (6, 8, 10)
@@ -130,12 +140,13 @@ def test_identical_frame_skips_every_cell_in_a_few_bytes(kind: str) -> None:
     assert key.reference_crc is None and key.symbols is not None
     p = codec.compress(y, 2, reference=key.symbols)
     assert p.reference_crc == key.symbols.crc == key.symbol_crc
-    # The 11-byte header and at most two ANS words: no cell is coded.
-    assert len(p.payload) <= 11 + 8, len(p.payload)
+    # The 3-byte header and at most two ANS words: no cell is coded.
+    assert len(p.payload) <= 3 + 8, len(p.payload)
     assert len(key.payload) > 10 * len(p.payload)
     prediction = key.symbols.q
-    decoded = decode_cells(codec.inter, codec.tables, 2, p.payload, prediction)  # type: ignore[arg-type]
+    decoded, replenished = decode_cells(codec.inter, codec.tables, 2, p.payload, prediction)  # type: ignore[arg-type]
     np.testing.assert_array_equal(decoded, prediction)
+    assert not replenished.any()
     got = decode(codec, p, key.symbols)
     assert np.array_equal(got.q, key.symbols.q) and got.crc == key.symbols.crc
 
@@ -154,11 +165,12 @@ def test_a_changed_region_replenishes_only_its_cells() -> None:
     assert key.symbols is not None
     p = codec.compress(features_of(codec, q1, level), level, reference=key.symbols)
 
-    decoded = decode_cells(codec.inter, codec.tables, level, p.payload, q0)  # type: ignore[arg-type]
+    decoded, flags = decode_cells(codec.inter, codec.tables, level, p.payload, q0)  # type: ignore[arg-type]
     replenished = (decoded != q0).any(axis=0)
     region = np.zeros(SHAPE[1:], bool)
     region[2:4, 3:6] = True
-    assert np.array_equal(replenished, region)
+    assert np.array_equal(replenished, region) and np.array_equal(flags, region)
+    assert p.symbols is not None and np.array_equal(p.symbols.replenished, region)  # type: ignore[arg-type]
     assert np.array_equal(~replenished, skip_map(q1 - q0, DEFAULT_SKIP_THRESHOLD))
 
     got = decode(codec, p, key.symbols)
@@ -287,7 +299,8 @@ def test_huge_residuals_escape_and_round_trip() -> None:
     np.testing.assert_array_equal(decode_residual(inter, level, payload, SHAPE), coded)
 
 
-def test_cells_at_the_ends_of_int32_round_trip_in_format_2() -> None:
+@pytest.mark.parametrize("p_format", [2, 3])
+def test_cells_at_the_ends_of_int32_round_trip(p_format: int) -> None:
     """Replenished cells escape whether they go intra or as residuals."""
     codec = gained_codec()
     assert codec.inter is not None
@@ -301,11 +314,17 @@ def test_cells_at_the_ends_of_int32_round_trip_in_format_2() -> None:
     q[:, 5, 5] = 3 + np.arange(SHAPE[0]) % 3
     q[2, 5, 5] = 1 << 20
     skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
-    payload, decoded = encode_cells(codec.inter, codec.tables, level, prediction, q, skip)
-    np.testing.assert_array_equal(decoded, np.where(skip[None], prediction, q))
-    np.testing.assert_array_equal(
-        decode_cells(codec.inter, codec.tables, level, payload, prediction), decoded
+    previous = np.zeros(SHAPE[1:], bool)
+    previous[4:7, 4:7] = True
+    payload, decoded = encode_cells(
+        codec.inter, codec.tables, level, prediction, q, skip, previous, p_format
     )
+    np.testing.assert_array_equal(decoded, np.where(skip[None], prediction, q))
+    got, replenished = decode_cells(
+        codec.inter, codec.tables, level, payload, prediction, previous, p_format
+    )
+    np.testing.assert_array_equal(got, decoded)
+    np.testing.assert_array_equal(replenished, ~skip)
 
 
 def test_a_cell_something_new_walked_into_codes_smaller_intra_than_as_a_residual() -> None:
@@ -327,9 +346,9 @@ def test_a_cell_something_new_walked_into_codes_smaller_intra_than_as_a_residual
     residuals, coded = encode_residual(codec.inter, level, q - prediction, skip)
     np.testing.assert_array_equal(decoded, prediction + coded)
     assert len(cells) < 0.9 * len(residuals), (len(cells), len(residuals))
-    print(f"format 2: {len(cells)} B, format 1: {len(residuals)} B")
+    print(f"format 3: {len(cells)} B, format 1: {len(residuals)} B")
     np.testing.assert_array_equal(
-        decode_cells(codec.inter, codec.tables, level, cells, prediction), decoded
+        decode_cells(codec.inter, codec.tables, level, cells, prediction)[0], decoded
     )
 
 
@@ -339,23 +358,111 @@ def test_flag_contexts_count_the_replenished_cells_above() -> None:
     np.testing.assert_array_equal(flag_contexts(np.ones(3, bool)), [2, 2, 2])  # capped
 
 
-@pytest.mark.parametrize("kind", list(CODECS))
-def test_a_format_1_p_frame_still_decodes(kind: str) -> None:
-    """Container version 3's P-frames (residuals only) as an older edge or the store has them."""
+def test_temporal_contexts_say_whether_the_cell_or_a_neighbour_was_replenished() -> None:
+    previous = np.zeros((4, 5), bool)
+    previous[1, 2] = True
+    np.testing.assert_array_equal(
+        temporal_contexts(previous, (4, 5)),
+        [[0, 0, 1, 0, 0], [0, 1, 2, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]],
+    )
+    # A keyframe reference (nothing replenished), or one of another shape: context 0.
+    assert not temporal_contexts(None, (4, 5)).any()
+    assert not temporal_contexts(np.ones((2, 2), bool), (4, 5)).any()
+
+
+def walking(codec: Codec, frames: int, level: int) -> list[np.ndarray]:
+    """Symbols of a person-sized blob walking one cell a frame over a still background."""
+    rng = np.random.default_rng(5)
+    background = rng.integers(-3, 4, SHAPE).astype(np.int32)
+    out = []
+    for t in range(frames):
+        q = background.copy()
+        j = t % (SHAPE[2] - 3)
+        q[:, 2:6, j : j + 3] = rng.integers(-12, 13, (SHAPE[0], 4, 3))
+        out.append(q)
+    return out
+
+
+def test_format_3_codes_a_walking_blob_smaller_than_format_2_and_decodes_it_exactly() -> None:
+    """The blob is where it was, one cell on: the temporal context predicts its flags."""
+    codec = gained_codec()
+    assert codec.inter is not None
+    level = 2
+    frames = walking(codec, 6, level)
+    key = codec.compress(features_of(codec, frames[0], level), level)
+    assert key.symbols is not None
+    edge, cloud = key.symbols, decode(codec, key, None)
+    sizes = {2: 0, 3: 0}
+    for q in frames[1:]:
+        p = codec.compress(features_of(codec, q, level), level, reference=edge)
+        assert p.symbols is not None and p.reference_crc is not None
+        got = decode(codec, p, cloud)
+        assert got.crc == p.symbols.crc and np.array_equal(got.replenished, p.symbols.replenished)  # type: ignore[arg-type]
+        # The same cells, coded as format 2 would (its flag probabilities sent).
+        prediction = codec.predict(edge, level)
+        skip = ~p.symbols.replenished  # type: ignore[operator]
+        old, _ = encode_cells(codec.inter, codec.tables, level, prediction, q, skip, p_format=2)
+        sizes[2] += len(old)
+        sizes[3] += len(p.payload)
+        edge, cloud = p.symbols, got
+    assert sizes[3] < sizes[2] - 5 * 8, sizes  # ≥ 8 B a frame: the header alone is 8 B less
+    print(f"format 3: {sizes[3]} B, format 2: {sizes[2]} B over {len(frames) - 1} P-frames")
+
+
+def test_a_p_frame_decoded_against_a_reference_with_other_flags_fails_its_symbol_check() -> None:
+    """The replenish map is state both ends rebuild from the chain; were it to differ,
+    the next frame decodes to other symbols and the CRC says so."""
+    codec = gained_codec()
+    level = 2
+    frames = walking(codec, 3, level)
+    key = codec.compress(features_of(codec, frames[0], level), level)
+    assert key.symbols is not None
+    p1 = codec.compress(features_of(codec, frames[1], level), level, reference=key.symbols)
+    assert p1.symbols is not None
+    p2 = codec.compress(features_of(codec, frames[2], level), level, reference=p1.symbols)
+    assert decode(codec, p2, p1.symbols).crc == p2.symbol_crc
+    wrong = replace(p1.symbols, replenished=np.zeros(SHAPE[1:], bool))
+    with pytest.raises(EntropyCodingError, match="does not decode|P-frame payload"):
+        decode(codec, p2, wrong)
+
+
+def keyframe_and_next(kind: str) -> tuple[Codec, LatentSymbols, np.ndarray, np.ndarray]:
+    """(codec, a keyframe's symbols, the next frame's prediction from it, its symbols)."""
     codec = CODECS[kind]()
     assert codec.inter is not None
     y0, y1 = video(codec, 2, seed=4)
     key = codec.compress(y0, 2)
     assert key.symbols is not None
-    prediction = codec.predict(key.symbols, 2)
-    residual = codec.quantize(y1, 2) - prediction
+    return codec, key.symbols, codec.predict(key.symbols, 2), codec.quantize(y1, 2)
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_a_format_2_p_frame_still_decodes(kind: str) -> None:
+    """Container version 4's P-frames (flag probabilities sent) as the store has them."""
+    codec, key_symbols, prediction, q = keyframe_and_next(kind)
+    assert codec.inter is not None
+    skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
+    assert (~skip).any()
+    payload, expected = encode_cells(codec.inter, codec.tables, 2, prediction, q, skip, p_format=2)
+    old = EncodedFeatures(2, SHAPE, payload, symbol_crc(expected), key_symbols.crc, p_format=2)
+    got = codec.decompress_symbols(old, key_symbols)
+    np.testing.assert_array_equal(got.q, expected)
+    np.testing.assert_array_equal(got.replenished, ~skip)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", list(CODECS))
+def test_a_format_1_p_frame_still_decodes(kind: str) -> None:
+    """Container version 3's P-frames (residuals only) as an older edge or the store has them."""
+    codec, key_symbols, prediction, q = keyframe_and_next(kind)
+    assert codec.inter is not None
+    residual = q - prediction
     skip = skip_map(residual, DEFAULT_SKIP_THRESHOLD)
     payload, coded = encode_residual(codec.inter, 2, residual, skip)
     expected = prediction + coded
-    old = EncodedFeatures(2, SHAPE, payload, symbol_crc(expected), key.symbols.crc, p_format=1)
-    np.testing.assert_array_equal(codec.decompress_symbols(old, key.symbols).q, expected)
-    with pytest.raises(EntropyCodingError, match="unknown P-frame format 3"):
-        codec.decompress_symbols(replace(old, p_format=3), key.symbols)
+    old = EncodedFeatures(2, SHAPE, payload, symbol_crc(expected), key_symbols.crc, p_format=1)
+    np.testing.assert_array_equal(codec.decompress_symbols(old, key_symbols).q, expected)
+    with pytest.raises(EntropyCodingError, match="unknown P-frame format 4"):
+        codec.decompress_symbols(replace(old, p_format=4), key_symbols)
 
 
 def test_every_offset_on_the_ladder_decodes() -> None:
@@ -458,7 +565,29 @@ def test_format_2_header_fields_out_of_range_are_named() -> None:
     ]
     for payload, message in cases:
         with pytest.raises(EntropyCodingError, match=message):
-            decode_cells(codec.inter, codec.tables, 0, payload, prediction)
+            decode_cells(codec.inter, codec.tables, 0, payload, prediction, p_format=2)
+
+
+def test_format_3_header_fields_out_of_range_are_named() -> None:
+    codec = gained_codec()
+    assert codec.inter is not None
+    prediction = np.zeros(SHAPE, np.int32)
+
+    def packed(offset: int, shift: int) -> bytes:
+        return bytes([(offset + 8) | ((shift + 8) << 4), 0, 0, 1])
+
+    cases = [
+        (0, packed(7, 0), "scale offset 7 outside -8..6"),
+        (2, packed(0, -5), "intra shift -5 at level 2"),
+        (0, packed(0, -1), "intra shift -1 at level 0: the tables of level -1 do not exist"),
+        (LEVELS - 1, packed(0, 1), f"the tables of level {LEVELS} do not exist"),
+        (0, b"\x00\x00", "shorter than its 3-byte header"),
+    ]
+    for level, payload, message in cases:
+        with pytest.raises(EntropyCodingError, match=message):
+            decode_cells(codec.inter, codec.tables, level, payload, prediction)
+    with pytest.raises(EntropyCodingError, match="unknown P-frame format 5"):
+        decode_cells(codec.inter, codec.tables, 0, b"\x00\x00\x00", prediction, p_format=5)
 
 
 def test_payload_header_fields_out_of_range_are_named() -> None:
@@ -569,3 +698,35 @@ def test_a_non_finite_feature_never_makes_an_undecodable_p_frame(reference_has_i
     np.testing.assert_array_equal(decode(codec, key, None).q, key.symbols.q)  # keyframes: fine
     # in-the-key: the same frame again, every cell skipped, and still refused
     bug_contract(codec, key.symbols, y)
+
+
+def test_a_frame_goes_all_intra_when_the_residual_side_information_outweighs_it() -> None:
+    """One replenished cell the per-cell estimate puts as a residual (its values are its
+    residual: the reference held zeros there) costs as much either way, but the residual
+    path adds a still flag per channel and the rung deltas: the frame goes all intra,
+    which its P(residual cell) of zero in the header says."""
+    codec = gained_codec()
+    assert codec.inter is not None
+    level = 0
+    rng = np.random.default_rng(0)
+    spread = (1 / codec.inverse_gains[level])[:, None, None]
+    prediction = np.rint(rng.laplace(0, 1, SHAPE) * spread).astype(np.int32)
+    prediction[:, 3, 4] = 0
+    q = prediction.copy()
+    q[:, 3, 4] = np.rint(rng.laplace(0, 1, SHAPE[0]) * spread[:, 0, 0]).astype(np.int32)
+    q[0, 3, 4] += 3
+    skip = skip_map(q.astype(np.int64) - prediction, DEFAULT_SKIP_THRESHOLD)
+    assert (~skip).sum() == 1
+    residual = (q.astype(np.int64) - prediction)[:, ~skip]
+    symbols, _ = to_symbols(q[:, ~skip], codec.tables.radius)
+    intra_level = level + _intra_shift(codec.tables, level, symbols)
+    as_residual, saved = _residual_cells(
+        codec.inter, codec.tables, intra_level, level, residual, symbols
+    )
+    assert as_residual.all() and saved < 6 * SHAPE[0]
+    payload, decoded = encode_cells(codec.inter, codec.tables, level, prediction, q, skip)
+    assert payload[2] == 0  # probability8 of P(residual cell): no cell is a residual
+    got, replenished = decode_cells(codec.inter, codec.tables, level, payload, prediction)
+    np.testing.assert_array_equal(got, decoded)
+    np.testing.assert_array_equal(got[:, 3, 4], q[:, 3, 4])
+    assert replenished.sum() == 1
