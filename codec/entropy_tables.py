@@ -179,10 +179,28 @@ class EntropyTables:
             symbols[c] = decoder.decode(self._model(level, c), n)  # type: ignore[attr-defined]
         return from_symbols(decoder, symbols, self.radius)
 
+    def coded_bits(self, q: np.ndarray, level: int) -> float:
+        """About the bits :meth:`encode` spends on ``q`` (C, H, W): the tables' own
+        probabilities over each channel's histogram, escapes raw (ANS adds a word or two).
+        For encoder decisions only."""
+        symbols, _ = to_symbols(q.reshape(q.shape[0], -1), self.radius)
+        c, k = symbols.shape[0], self.freqs.shape[-1]
+        flat = (symbols + (np.arange(c) * k)[:, None]).reshape(-1)
+        counts = np.bincount(flat, minlength=c * k).reshape(c, k)
+        return float((counts * self.bit_costs[level]).sum())
+
     @cached_property
     def log2_probs(self) -> np.ndarray:
         """(levels, channels, K) float64: for encoder decisions only (never decoding)."""
         return np.log2(self.freqs.astype(np.float64) / (1 << PRECISION))
+
+    @cached_property
+    def bit_costs(self) -> np.ndarray:
+        """(levels, channels, K) float64: the bits of each symbol, an escape's raw value
+        included (encoder decisions only)."""
+        costs = -self.log2_probs
+        costs[..., self.escape] += _ESCAPE_BITS
+        return costs
 
     def decode(self, payload: bytes, level: int, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of :meth:`encode`; returns int32 (channels, H, W)."""

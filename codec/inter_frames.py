@@ -126,6 +126,13 @@ class InterTables:
         """(rungs, K) float64: only the encoder's choice of offset uses it."""
         return np.log2(self.freqs.astype(np.float64) / (1 << PRECISION))
 
+    @cached_property
+    def bit_costs(self) -> np.ndarray:
+        """(rungs, K) float64: bits of each residual symbol, an escape's raw value included."""
+        costs = -self.log2_probs
+        costs[:, -1] += _ESCAPE_COST
+        return costs
+
     def model(self, rung: int) -> object:
         m = self._models.get(rung)
         if m is None:
@@ -399,12 +406,16 @@ def encode_cells(
         flag_probabilities = _flag_probabilities(p_skip)[spatial.reshape(-1)]
     else:
         contexts = spatial * TEMPORAL + temporal_contexts(previous, (h, w))
-        counts = FLAG_PRIOR.copy()
-        rows = []
-        for row in range(h):
-            rows.append(_adaptive_row(counts, contexts[row]))
-            np.add.at(counts, (contexts[row], replenish[row].astype(np.int64)), 1)
-        flag_probabilities = np.concatenate(rows)
+        # The counts each row starts from (what the decoder holds when it reaches it): the
+        # prior plus every earlier row's (context, flag) tally, all rows at once.
+        k = len(FLAG_PRIOR)
+        tally = np.zeros((h, k * 2), dtype=np.int64)
+        np.add.at(tally, (np.arange(h)[:, None], contexts * 2 + replenish), 1)
+        before = np.cumsum(tally, axis=0) - tally
+        counts = FLAG_PRIOR.reshape(1, k, 2) + before.reshape(h, k, 2)
+        cell = counts[np.arange(h)[:, None], contexts]  # (h, w, 2)
+        first = np.clip((cell[..., 0] << PRECISION) // cell.sum(-1), 1, (1 << PRECISION) - 1)
+        flag_probabilities = _flag_probabilities(tuple(first.reshape(-1).tolist()))
     residual = (q.astype(np.int64) - prediction)[:, replenish]  # (C, n)
     values = q[:, replenish].astype(np.int64)
     flag_symbols = replenish.reshape(-1).astype(np.int32)
@@ -540,9 +551,8 @@ def _intra_shift(intra: EntropyTables, level: int, symbols: np.ndarray) -> int:
     c, k = symbols.shape[0], intra.freqs.shape[-1]
     flat = (symbols + (np.arange(c) * k)[:, None]).reshape(-1)
     counts = np.bincount(flat, minlength=c * k).reshape(c, k).astype(np.float64)
-    cost = -intra.log2_probs[[level + d for d in shifts]]  # (shifts, C, K)
-    cost[..., -1] += _ESCAPE_COST
-    bits = (cost * counts[None]).sum((1, 2))
+    cost = intra.bit_costs[level + shifts[0] : level + shifts[-1] + 1]  # (shifts, C, K)
+    bits = np.tensordot(cost, counts, axes=([1, 2], [0, 1]))
     return shifts[int(bits.argmin())]
 
 
@@ -565,12 +575,10 @@ def _residual_cells(
     # Bits per symbol (an escape's raw bits included), gathered through flat indices: at
     # fine levels most of the latent is replenished, and 2-D fancy indexing was the cost.
     k = intra.freqs.shape[-1]
-    intra_cost = -intra.log2_probs[intra_level]
-    intra_cost[:, -1] += _ESCAPE_COST
+    intra_cost = intra.bit_costs[intra_level]
     rows = np.arange(intra_cost.shape[0])[:, None] * k
     intra_bits = intra_cost.ravel().take(rows + intra_symbols).sum(0)
-    residual_cost = -inter.log2_probs
-    residual_cost[:, -1] += _ESCAPE_COST
+    residual_cost = inter.bit_costs
     bits = np.zeros(n)
     moving = np.flatnonzero(np.any(residual, axis=1))
     if len(moving):

@@ -114,3 +114,42 @@ def test_golden_p_frame_payload_pins_the_inter_coder() -> None:
         "403cf57ba1b472ad74f40add4635c127106babbe30d109c859b5a0067a4ac5df"
     )
     assert np.array_equal(decode_residual(inter, 1, payload, residual.shape), coded)
+
+
+def test_the_encoders_estimate_of_a_keyframe_is_within_a_few_bytes_of_its_payload() -> None:
+    """coded_bits gates coding a changed frame intra as well: it must not miss a keyframe
+    that would have been smaller."""
+    tables = laplace_tables()
+    q = np.random.default_rng(2).laplace(0, 1.5, size=(4, 32, 32)).round().astype(np.int32)
+    q[1, 2, 3] = 500  # an escape, raw
+    for level in range(tables.num_levels):
+        estimate = tables.coded_bits(q, level) / 8
+        payload = len(tables.encode(q, level))
+        assert estimate <= payload <= estimate * 1.001 + 8, (estimate, payload)
+
+
+def test_golden_format_3_payload_pins_the_cell_coder() -> None:
+    """A format-3 P-frame (adaptive flags in spatial and temporal context, the cells intra
+    with the tables of the level below): same inputs, same bytes, on every machine."""
+    import hashlib
+
+    from codec.inter_frames import build_inter_tables, decode_cells, encode_cells
+
+    intra = laplace_tables(levels=3, channels=4, radius=7)
+    inter = build_inter_tables(intra)
+    rng = np.random.default_rng(99)
+    prediction = rng.laplace(0, 1.0, size=(4, 12, 12)).round().astype(np.int32)
+    q = prediction.copy()
+    q[:, 2:6, 3:8] = rng.laplace(0, 2.0, size=(4, 4, 5)).round()  # something walked in
+    q[:, 9, 9] += np.array([2, -2, 1, 0], np.int32)  # a small change: a residual
+    q[0, 3, 4] = -300  # an escape
+    skip = ((q.astype(np.int64) - prediction) ** 2).sum(0) <= 2
+    previous = np.zeros((12, 12), bool)
+    previous[2:6, 2:7] = True  # the reference's flags, a cell to the left
+    payload, decoded = encode_cells(inter, intra, 1, prediction, q, skip, previous)
+    assert payload[:3] == bytes([0x78, 0, 0])  # offset 0, intra shift −1, every cell intra
+    assert hashlib.sha256(payload).hexdigest() == (
+        "703c768ad8ae23ddee1fbb686135789e31f813b4bd0a0c70bbd0cbedc4fa28f0"
+    )
+    got, replenished = decode_cells(inter, intra, 1, payload, prediction, previous)
+    assert np.array_equal(got, decoded) and np.array_equal(replenished, ~skip)
