@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip wheel
 	# CPU torch first: a local wheel here (see constraints.txt for why it is pinned).
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[edge,cloud,train,dev,demo,postgres]'
+	$(PIP) install -q -c constraints.txt -e '.[edge,cloud,train,dev,demo,postgres,diffusion]'
 	mkdir -p $(YOLO_CONFIG_DIR)
 	# Ultralytics' plotting wants Arial.ttf in its config dir; any TTF will do.
 	test -f $(YOLO_CONFIG_DIR)/Arial.ttf || cp "$$($(PY) -c 'import matplotlib, pathlib; print(pathlib.Path(matplotlib.__file__).parent / "mpl-data/fonts/ttf/DejaVuSans.ttf")')" $(YOLO_CONFIG_DIR)/Arial.ttf

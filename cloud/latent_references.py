@@ -16,11 +16,21 @@ per camera (the newest stored): the live stream needs nothing else.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from cloud.frame_decoder import DecodedFrame, FrameDecoder, MissingReference, ReferenceFrame
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import FrameRecord
 from codec.bitstream import MAX_CHAIN, FrameReference
+
+
+@dataclass(frozen=True)
+class DecodedChain:
+    decoded: DecodedFrame
+    frames: int
+    """bitstreams decoded: the frame's keyframe, the P-frames after it, the frame"""
+    nbytes: int
+    """their bytes"""
 
 
 class LatentReferences:
@@ -58,6 +68,13 @@ class LatentReferences:
     ) -> DecodedFrame:
         """Decode the stored frame ``sequence`` of ``camera_id``, from its keyframe on
         (``record``: its row, when the caller already holds it)."""
+        return self.decode_chain(camera_id, sequence, record).decoded
+
+    def decode_chain(
+        self, camera_id: str, sequence: int, record: FrameRecord | None = None
+    ) -> DecodedChain:
+        """As :meth:`decode_stored`, with what the decode read: how many bitstreams, and
+        their bytes (a view of a P-frame took its keyframe's bytes too)."""
         chain: list[bytes] = []
         at = sequence
         while True:
@@ -88,4 +105,4 @@ class LatentReferences:
             decoded = self.decoder.decode(data, stored=True, reference=reference)
             reference = decoded.as_reference
         assert decoded is not None
-        return decoded
+        return DecodedChain(decoded, len(chain), sum(len(data) for data in chain))

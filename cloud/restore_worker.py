@@ -28,9 +28,10 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
-from cloud.latent_references import LatentReferences
+from cloud.latent_references import DecodedChain, LatentReferences
 from cloud.metrics import CloudMetrics
-from cloud.restorers import Restorer, load_restorers, view_size
+from cloud.restorers import Restorer, RestorerOptions, load_restorers, view_size
+from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore, now_ns
 from cloud.store.records import FrameRecord, ViewRecord
 from cloud.view_queue import ViewJobQueue
@@ -61,10 +62,19 @@ def encode_png(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
 
 
 def view_metadata(
-    job: ViewRecord, frame: FrameRecord, restorer: Restorer, bundle_hash: str
+    job: ViewRecord,
+    frame: FrameRecord,
+    restorer: Restorer,
+    bundle_hash: str,
+    chain: DecodedChain | None = None,
 ) -> dict[str, str]:
     """What a view PNG says about itself: a reconstruction, of which frame, from how many
-    bytes, by which model (readable with any PNG tool: Pillow's ``Image.info``)."""
+    bytes, by which model (readable with any PNG tool: Pillow's ``Image.info``).
+
+    ``fchm:bytes_used`` counts every bitstream the view was decoded from (``chain``): a
+    P-frame of 300 B is rendered from its keyframe and the P-frames between, and saying 300
+    B would flatter it. ``fchm:frame_bytes`` is the frame's own."""
+    frames, nbytes = (1, frame.num_bytes) if chain is None else (chain.frames, chain.nbytes)
     return {
         "Description": (
             f"FCHM {job.kind} view: a reconstruction from the machine bitstream, not the "
@@ -76,7 +86,9 @@ def view_metadata(
         "fchm:camera": frame.camera_id,
         "fchm:sequence": str(frame.sequence),
         "fchm:frame_id": str(frame.id),
-        "fchm:bytes_used": str(frame.num_bytes),
+        "fchm:bytes_used": str(nbytes),
+        "fchm:frame_bytes": str(frame.num_bytes),
+        "fchm:chain_frames": str(frames),
         "fchm:rate_level": str(frame.rate_level),
         "fchm:bundle": bundle_hash,
         "fchm:model_sha256": restorer.model_sha256,
@@ -162,7 +174,8 @@ class RestoreWorker:
                     f"view kind {job.kind!r} is not served here (have {sorted(self.restorers)})"
                 )
             # 3. Decode (bit-exact; a P-frame from its keyframe on) and render the view.
-            decoded = self.references.decode_stored(frame.camera_id, frame.sequence, frame)
+            chain = self.references.decode_chain(frame.camera_id, frame.sequence, frame)
+            decoded = chain.decoded
             size = view_size(decoded.geometry.image_size, self.max_side)
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded, size)
@@ -170,7 +183,7 @@ class RestoreWorker:
                 raise RuntimeError(f"restorer {job.kind} returned {image.shape}, not {size}")
             # 4. Durable image first, then the row that points at it.
             key = view_image_key(view_id)
-            text = view_metadata(job, frame, restorer, self.decoder.bundle.hash)
+            text = view_metadata(job, frame, restorer, self.decoder.bundle.hash, chain)
             self.store.blobs.put(key, encode_png(image, text))
         except Exception as exc:
             # Bad data is expected and explained by the message; anything else gets a trace.
@@ -210,6 +223,12 @@ def _error_text(exc: Exception) -> str:
     return text[:2000]
 
 
+def restorer_options(settings: CloudSettings) -> RestorerOptions:
+    s = settings
+    return RestorerOptions(s.diffusion_prior_dir, s.diffusion_steps, s.diffusion_strength,
+                           s.diffusion_seed)  # fmt: skip
+
+
 async def start_view_workers(
     services: Services,
     decoder: FrameDecoder,
@@ -217,15 +236,17 @@ async def start_view_workers(
     threads: int = 0,
     max_side: int | None = None,
     lease_s: float = 30.0,
+    options: RestorerOptions | None = None,
 ) -> list[asyncio.Task[None]]:
     """Start ``n`` restore workers on the running loop; cancel the tasks to stop them.
 
-    ``max_side`` caps a view's long side (None: the bundle's network input size).
+    ``max_side`` caps a view's long side (None: the bundle's network input size);
+    ``options``: what the restorers take from the settings (``restorer_options``).
     """
     if n < 1:
         raise ValueError(f"view_workers must be ≥ 1, got {n}")
     # Loading sessions is slow and blocking; one set of restorers serves every worker.
-    restorers = await asyncio.to_thread(load_restorers, services.bundle, threads)
+    restorers = await asyncio.to_thread(load_restorers, services.bundle, threads, None, options)
     tasks = []
     for i in range(n):
         worker = RestoreWorker(

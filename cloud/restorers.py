@@ -16,14 +16,20 @@ job names its kind and the restore worker looks it up there.
   made with ``--preview`` ship a trained coarse-to-fine decoder (semantic aggregation,
   model/preview_training.py); older ones a linear decoder fitted by ridge regression.
   Either shows what the machine latent holds, not a photograph.
-- The diffusion view of Diff-FCHM (semantic aggregation + a diffusion prior) is a
-  later registry entry; it is not this module's preview.
+- ``diffusion``: the preview, restored by a Stable-Diffusion-class prior a user keeps on
+  local disk (``diffusion_prior_dir``, diffusers layout: SD-Turbo, SD 2.1 or similar).
+  SDEdit: the preview is noised to ``strength`` and denoised in ``steps`` steps, with a
+  recorded seed, on a GPU when there is one. The detail it adds is the prior's, not the
+  camera's. Without a prior the kind is not served, and a view asking for it fails
+  saying why. Nothing is fetched from a hub.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -80,9 +86,134 @@ class PreviewRestorer(Restorer):
         self.session = open_session(model, threads)
 
     def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+        return uncrop_letterbox(self.network_image(frame), frame.geometry, size)
+
+    def network_image(self, frame: DecodedFrame) -> np.ndarray:
+        """(3, H, W) float32 RGB in [0, 1] at the network input, letterbox included."""
         features = frame.features[None].astype(np.float32, copy=False)
         (image,) = self.session.run(None, {"features": features})
-        return uncrop_letterbox(image[0], frame.geometry, size)
+        return np.asarray(image[0], dtype=np.float32)
+
+
+class RestorerUnavailable(RuntimeError):
+    """A view kind this cloud cannot serve as configured; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class RestorerOptions:
+    """What the restorers take from the cloud's settings (CloudSettings.diffusion_*)."""
+
+    diffusion_prior_dir: Path | None = None
+    diffusion_steps: int = 4
+    diffusion_strength: float = 0.5
+    diffusion_seed: int = 0
+
+
+class DiffusionRestorer(Restorer):
+    kind = "diffusion"
+    description = (
+        "diffusion: the preview restored by a Stable-Diffusion-class prior from local disk "
+        "(noised, then denoised in a few steps, seed recorded). A reconstruction from the "
+        "machine bitstream alone: the detail the prior adds is invented, not the camera's."
+    )
+
+    def __init__(
+        self, bundle: Bundle, threads: int = 0, options: RestorerOptions | None = None
+    ) -> None:
+        o = options or RestorerOptions()
+        if not 1 <= o.diffusion_steps <= 50 or not 0.0 < o.diffusion_strength <= 1.0:
+            raise ValueError(
+                f"diffusion_steps {o.diffusion_steps} (1..50) or diffusion_strength "
+                f"{o.diffusion_strength} (0..1] out of range"
+            )
+        prior = o.diffusion_prior_dir
+        if prior is None:
+            raise RestorerUnavailable(
+                "no diffusion prior: set diffusion_prior_dir (FCHM_CLOUD_DIFFUSION_PRIOR_DIR) "
+                "to a local Stable-Diffusion-class checkpoint in diffusers layout (SD-Turbo, "
+                "SD 2.1 or similar); nothing is fetched from a hub"
+            )
+        if not (prior / "model_index.json").is_file():
+            raise RestorerUnavailable(
+                f"diffusion_prior_dir {prior} holds no model_index.json: it must be a "
+                "diffusers checkpoint directory (unet/, vae/, text_encoder/, tokenizer/, "
+                "scheduler/)"
+            )
+        self.preview = PreviewRestorer(bundle, threads)
+        self.steps, self.strength, self.seed = (
+            o.diffusion_steps,
+            o.diffusion_strength,
+            o.diffusion_seed,
+        )
+        self.seed_text = (
+            f"{self.seed} (torch.Generator; {self.steps} steps, strength {self.strength})"
+        )
+        self.model_sha256 = _directory_sha256(prior, extra=self.preview.model_sha256)
+        try:
+            from model.torchvision_cpu import ensure_torchvision_nms
+
+            ensure_torchvision_nms()  # transformers imports torchvision, next to CPU torch
+            import torch
+            from diffusers import StableDiffusionImg2ImgPipeline
+        except ImportError as exc:
+            raise RestorerUnavailable(
+                f"diffusion views need torch and diffusers ({exc}): install the cloud with "
+                "the `train` and `diffusion` extras"
+            ) from exc
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if self.device == "cuda" else torch.float32
+        try:
+            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+                prior, local_files_only=True, dtype=dtype,
+                safety_checker=None, requires_safety_checker=False,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise RestorerUnavailable(f"diffusion_prior_dir {prior} does not load: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe.to(self.device)
+        if threads:
+            torch.set_num_threads(threads)
+
+    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+        torch = self.torch
+        base = self.preview.network_image(frame)  # (3, H, W), H and W multiples of 32
+        x = torch.from_numpy(base)[None].to(self.device, self.pipe.unet.dtype)  # [0, 1]
+        generator = torch.Generator(self.device).manual_seed(self.seed)
+        with torch.no_grad():
+            out = self.pipe(
+                prompt="", image=x, strength=self.strength, num_inference_steps=self.steps,
+                guidance_scale=0.0, generator=generator, output_type="np",
+            ).images[0]  # fmt: skip
+        return uncrop_letterbox(
+            np.asarray(out, np.float32).transpose(2, 0, 1), frame.geometry, size
+        )
+
+
+def _directory_sha256(root: Path, extra: str = "") -> str:
+    """One sha256 over every file of a checkpoint directory (paths and bytes), and ``extra``
+    (the preview's hash): which prior rendered a view, as its PNG says."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class UnavailableRestorer(Restorer):
+    """Stands in for a kind this cloud cannot serve: a view of it fails with the reason."""
+
+    kind = "unavailable"
+    description = "not served by this cloud"
+
+    def __init__(self, bundle: Bundle, threads: int = 0, reason: str = "") -> None:
+        self.reason = reason
+
+    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+        raise LookupError(self.reason)
 
 
 def view_size(image_size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -115,17 +246,34 @@ def uncrop_letterbox(
     return np.ascontiguousarray(rgb)
 
 
-RESTORERS: dict[str, type[Restorer]] = {"preview": PreviewRestorer}
+RESTORERS: dict[str, type[Restorer]] = {
+    "preview": PreviewRestorer,
+    "diffusion": DiffusionRestorer,
+}
 
 
 def load_restorers(
-    bundle: Bundle, threads: int = 0, kinds: list[str] | None = None
+    bundle: Bundle,
+    threads: int = 0,
+    kinds: list[str] | None = None,
+    options: RestorerOptions | None = None,
 ) -> dict[str, Restorer]:
-    """Build one instance per registered kind (or the given kinds)."""
+    """Build one instance per registered kind (or the given kinds). A kind that cannot be
+    served as configured (RestorerUnavailable: no diffusion prior) gets an
+    UnavailableRestorer, and its views fail with the reason."""
     wanted = list(RESTORERS) if kinds is None else kinds
     unknown = [k for k in wanted if k not in RESTORERS]
     if unknown:
         raise ValueError(f"unknown view kinds {unknown}, known: {sorted(RESTORERS)}")
-    restorers = {kind: RESTORERS[kind](bundle, threads) for kind in wanted}
+    restorers: dict[str, Restorer] = {}
+    for kind in wanted:
+        cls = RESTORERS[kind]
+        try:
+            restorers[kind] = (
+                cls(bundle, threads, options) if cls is DiffusionRestorer else cls(bundle, threads)
+            )
+        except RestorerUnavailable as exc:
+            log.warning("view kind %s not served: %s", kind, exc)
+            restorers[kind] = UnavailableRestorer(bundle, threads, f"{kind}: {exc}")
     log.info("view restorers ready: %s", ", ".join(restorers))
     return restorers

@@ -29,7 +29,7 @@ from cloud.frame_ingest import FrameIngest
 from cloud.ingest_lag import IngestLag
 from cloud.ingest_servicer import IngestServicer
 from cloud.metrics import CloudMetrics
-from cloud.restore_worker import start_view_workers
+from cloud.restore_worker import restorer_options, start_view_workers
 from cloud.retention_sweeper import start_retention_sweeper
 from cloud.settings import CloudSettings
 from cloud.store import open_store
@@ -210,7 +210,13 @@ class CloudServer:
         self._workers = [asyncio.create_task(views.maintain(), name="view-queue-upkeep")]
         if s.view_workers:
             self._workers += await start_view_workers(
-                services, decoder, s.view_workers, s.onnx_threads, s.view_max_side, s.view_lease_s
+                services,
+                decoder,
+                s.view_workers,
+                s.onnx_threads,
+                s.view_max_side,
+                s.view_lease_s,
+                restorer_options(s),
             )
 
         # 5. Retention: expired frames, detections, views and blobs (none: keep forever).

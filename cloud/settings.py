@@ -106,6 +106,18 @@ class CloudSettings(BaseSettings):
         description="Times a view job may be started; a job still running after that many "
         "starts (the process died rendering it) is marked failed at restart, not re-queued",
     )
+    diffusion_prior_dir: Path | None = Field(
+        None,
+        description="A local Stable-Diffusion-class checkpoint in diffusers layout "
+        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/: SD-Turbo, SD "
+        "2.1 or similar) for `diffusion` views; unset: the kind is not served, and a view "
+        "asking for it fails saying so. Nothing is fetched from a hub",
+    )
+    diffusion_steps: int = Field(4, ge=1, le=50, description="Denoising steps of a diffusion view")
+    diffusion_strength: float = Field(
+        0.5, gt=0.0, le=1.0, description="How far the preview is noised before denoising"
+    )
+    diffusion_seed: int = Field(0, ge=0, description="Sampling seed (the view PNG records it)")
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
     tail_max_batch: int = Field(
         1,

@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from cloud.api.deps import Services, readiness_checks
 from cloud.frame_decoder import FrameDecoder
 from cloud.metrics import CloudMetrics
-from cloud.restore_worker import start_view_workers
+from cloud.restore_worker import restorer_options, start_view_workers
 from cloud.settings import CloudSettings
 from cloud.store import open_store
 from cloud.view_queue import open_view_queue
@@ -51,7 +51,13 @@ async def serve_view_workers(settings: CloudSettings) -> None:
     n = max(1, s.view_workers)
     tasks = [asyncio.create_task(queue.maintain(), name="view-queue-upkeep")]
     tasks += await start_view_workers(
-        services, FrameDecoder(bundle), n, s.onnx_threads, s.view_max_side, s.view_lease_s
+        services,
+        FrameDecoder(bundle),
+        n,
+        s.onnx_threads,
+        s.view_max_side,
+        s.view_lease_s,
+        restorer_options(s),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

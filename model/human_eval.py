@@ -28,7 +28,14 @@ import numpy as np
 
 from cloud.detector_tail import Detection
 from cloud.frame_decoder import FrameDecoder
-from cloud.restorers import RESTORERS, PreviewRestorer, Restorer
+from cloud.restorers import (
+    RESTORERS,
+    PreviewRestorer,
+    Restorer,
+    RestorerOptions,
+    UnavailableRestorer,
+    load_restorers,
+)
 from codec.bitstream import FrameBitstream
 from codec.bundle import Bundle
 from edge.preprocess import letterbox
@@ -51,6 +58,9 @@ class HumanEvalConfig:
     """rate levels (None: every other level of the bundle)"""
     views: tuple[str, ...] | None = None
     """restorer kinds (None: every registered one)"""
+    restorers: RestorerOptions | None = None
+    """the diffusion prior and its sampling (None: no prior; the kind is left out unless
+    ``views`` names it, which is then an error)"""
     extra_previews: tuple[tuple[str, Path], ...] = ()
     """(name, preview.onnx) judged beside the bundle's own (e.g. an older decoder)"""
     grid: Path | None = None
@@ -181,8 +191,11 @@ def evaluate_human(
     decoder = FrameDecoder(bundle)
     reference = reference_detector(bundle, cfg.weights, cfg.reference_cache)
     detector = FullDetector(bundle, cfg.conf, cfg.pred_conf, cfg.threads, reference)
-    kinds = list(cfg.views or RESTORERS)
-    views: dict[str, Restorer] = {k: RESTORERS[k](bundle, cfg.threads) for k in kinds}
+    loaded = load_restorers(bundle, cfg.threads, list(cfg.views or RESTORERS), cfg.restorers)
+    missing = {k: r.reason for k, r in loaded.items() if isinstance(r, UnavailableRestorer)}
+    if cfg.views and missing:
+        raise ValueError(f"views {sorted(missing)} cannot be served: {missing}")
+    views: dict[str, Restorer] = {k: r for k, r in loaded.items() if k not in missing}
     for name, path in cfg.extra_previews:
         views[name] = PreviewRestorer(bundle, cfg.threads, path)
     features = FeatureDistance(bundle, cfg.weights)

@@ -206,9 +206,13 @@ def test_timeline_then_a_detection_viewed_with_its_box(page: Any, site: Site) ->
     assert rect["h"] == pytest.approx((box["y2"] - box["y1"]) * sy)
     others = page.eval_on_selector_all("#view-overlay rect.box:not(.chosen)", "rs => rs.length")
     assert others == len(frame["detections"]) - 1
-    # One view kind on this cloud (preview): nothing to refine to yet.
-    assert page.is_disabled("#refine")
+    # The next kind is diffusion; this cloud has no prior for it, and the view says so.
+    assert page.inner_text("#refine") == "Refine → diffusion"
     shot(page, "06-view-done")
+    page.click("#refine")
+    page.wait_for_selector('#view-panel[data-status="failed"]')
+    assert "diffusion_prior_dir" in page.inner_text("#view-error")
+    shot(page, "06b-refine-without-a-prior")
 
     # A bar narrows the list to its bucket.
     page.click(".chart rect.bar >> nth=0")

@@ -7,11 +7,13 @@ dropped by the edge, which restarts on a keyframe), a view of a P-frame decodes 
 keyframe, and replays stay idempotent.
 """
 
+import io
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from PIL import Image
 
 from cloud.detector_tail import DetectorTail
 from cloud.frame_decoder import FrameDecoder
@@ -87,7 +89,7 @@ def test_p_frames_are_stored_viewed_and_replayed_like_keyframes(
         assert row["num_detections"] == len(tail(decoded.features, decoded.geometry))
     assert sum(row["num_detections"] for row in stored) > 0, "a test that sees no box"
 
-    # A view of the last P-frame (4 frames after its keyframe) renders from the chain.
+    # A view of the last P-frame (the one after keyframe 10) renders from the chain.
     with cloud.api() as api:
         r = api.post("/v1/views", json={"camera": "cam-p", "sequence": sequences[-1]})
         assert r.status_code == 202, r.text
@@ -99,6 +101,13 @@ def test_p_frames_are_stored_viewed_and_replayed_like_keyframes(
         assert job["status"] == "done", job
         png = api.get(f"/v1/views/{view_id}/image")
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    # It says it was rendered from the keyframe on: those are the bytes it used.
+    info = Image.open(io.BytesIO(png.content)).info
+    chain = frames[(len(frames) - 1) // KEYFRAME_INTERVAL * KEYFRAME_INTERVAL :]
+    assert not FrameBitstream.peek_reference(chain[0].bitstream) and len(chain) == 2
+    assert info["fchm:chain_frames"] == str(len(chain))
+    assert info["fchm:bytes_used"] == str(sum(len(f.bitstream) for f in chain))
+    assert info["fchm:frame_bytes"] == str(len(frames[-1].bitstream))
 
     # Replaying the whole chain: every frame acked as a duplicate, nothing stored twice.
     replay = [frame(q, f.bitstream) for q, f in zip(sequences, frames, strict=True)]

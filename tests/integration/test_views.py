@@ -134,7 +134,8 @@ def test_view_is_rendered_at_the_capped_size(env: ViewEnv, client: TestClient) -
     frame = env.store.get_frame(sample.frame_id)
     assert frame is not None
     assert image.info["fchm:reconstruction"] == "true" and image.info["fchm:kind"] == "preview"
-    assert image.info["fchm:bytes_used"] == str(frame.num_bytes)
+    assert image.info["fchm:bytes_used"] == image.info["fchm:frame_bytes"] == str(frame.num_bytes)
+    assert image.info["fchm:chain_frames"] == "1"  # a keyframe: decoded from itself
     assert image.info["fchm:frame_id"] == str(sample.frame_id)
     assert image.info["fchm:model_sha256"] == env.bundle.manifest.sha256["preview.onnx"]
     assert image.info["fchm:bundle"] == env.bundle.hash
@@ -169,7 +170,7 @@ def test_view_by_camera_and_sequence(env: ViewEnv, client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "field", "words"),
     [
-        ({"frame_id": 1, "kind": "diffusion"}, 400, "kind", ["diffusion", "preview"]),
+        ({"frame_id": 1, "kind": "sketch"}, 400, "kind", ["sketch", "diffusion", "preview"]),
         ({"frame_id": 99999}, 404, "frame_id", ["99999"]),
         ({"camera": "cam", "sequence": 77}, 404, "sequence", ["77", "omit 'sequence'"]),
         ({"sequence": 1}, 422, "camera", ["camera"]),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.restorers import RESTORERS, PreviewRestorer, uncrop_letterbox, view_size
+from cloud.restorers import (
+    RESTORERS,
+    DiffusionRestorer,
+    PreviewRestorer,
+    uncrop_letterbox,
+    view_size,
+)
 from codec.geometry import Letterbox
 from edge.preprocess import letterbox
 
@@ -66,5 +72,7 @@ def test_uncrop_renders_at_the_size_asked_not_the_declared_one() -> None:
 
 
 def test_registry() -> None:
-    assert RESTORERS == {"preview": PreviewRestorer}
+    # Coarse to refined: the order the API lists them in, and the dashboard refines along.
+    assert RESTORERS == {"preview": PreviewRestorer, "diffusion": DiffusionRestorer}
+    assert list(RESTORERS) == ["preview", "diffusion"]
     assert "not the diffusion" in PreviewRestorer.description
