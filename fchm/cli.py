@@ -406,6 +406,14 @@ def model_eval(
         str | None,
         typer.Option(help="--human: rate levels, comma-separated [default: every other one]"),
     ] = None,
+    diffusion_prior: Annotated[
+        Path | None,
+        typer.Option(
+            help="--human: a local Stable-Diffusion-class checkpoint (diffusers layout) for "
+            "the diffusion view's rows [default: none, no diffusion rows]"
+        ),
+    ] = None,
+    diffusion_steps: Annotated[int, typer.Option(help="--human: diffusion steps")] = 4,
 ) -> None:
     """Bytes vs detection fidelity: the bundle's codec, JPEG/WebP/AVIF, H.264/H.265, same frames."""
     from model.eval_report import markdown, write_json
@@ -414,8 +422,9 @@ def model_eval(
 
     if human:
         _human_eval(
-            bundle, json_out, images, video, fps, frames, weights, grid, extra_preview or [], levels
-        )
+            bundle, json_out, images, video, fps, frames, weights, grid, extra_preview or [],
+            levels, diffusion_prior, diffusion_steps,
+        )  # fmt: skip
         return
     if plot is not None and plot.suffix.lower() != ".png":
         raise fail(f"--plot: {plot} must end in .png")
@@ -462,7 +471,10 @@ def _human_eval(
     grid: Path | None,
     extra_preview: list[str],
     levels: str | None,
+    diffusion_prior: Path | None = None,
+    diffusion_steps: int = 4,
 ) -> None:
+    from cloud.restorers import RestorerOptions
     from model.human_eval import HumanEvalConfig, evaluate_human, markdown_table, write_human_json
 
     if grid is not None and grid.suffix.lower() != ".png":
@@ -482,6 +494,9 @@ def _human_eval(
             HumanEvalConfig(
                 bundle=bundle, images=images, video=video, fps=fps, frames=frames,
                 extra_previews=tuple(extras), grid=grid, weights=weights, levels=chosen,
+                views=("preview", "diffusion") if diffusion_prior else None,
+                restorers=RestorerOptions(diffusion_prior, diffusion_steps)
+                if diffusion_prior else None,
             )
         )  # fmt: skip
         write_human_json(result, json_out)

@@ -165,3 +165,20 @@ def test_a_diffusion_view_job_through_the_worker(
     assert image.info["fchm:kind"] == "diffusion" and image.info["fchm:reconstruction"] == "true"
     assert image.info["fchm:seed"].startswith("0 ") and "2 steps" in image.info["fchm:seed"]
     assert image.info["fchm:model_sha256"] == restorers["diffusion"].model_sha256
+
+
+def test_eval_human_judges_the_diffusion_view_from_a_local_prior(
+    tiny_learned_bundle: Bundle, tiny_checkpoint: Path, prior: Path, tmp_path: Path
+) -> None:
+    from tests.integration.test_preview_training import human_eval_rows
+
+    rows = human_eval_rows(
+        tiny_learned_bundle, tiny_checkpoint, tmp_path, "--levels", "6",
+        "--diffusion-prior", str(prior), "--diffusion-steps", "2",
+    )  # fmt: skip
+    assert {r["view"] for r in rows} == {"preview", "diffusion", "jpeg", "webp"}
+    diffusion = next(r for r in rows if r["view"] == "diffusion")
+    preview = next(r for r in rows if r["view"] == "preview")
+    # The same machine bitstream under both views; the prior's time is its own.
+    assert diffusion["bytes_per_frame"] == preview["bytes_per_frame"] > 0
+    assert 0 < diffusion["ms_ssim"] <= 1 and diffusion["ms_per_frame"] > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,9 +115,10 @@ def test_training_refuses_widths_that_miss_the_latent_stride(
         train_preview(cfg, pool)
 
 
-def test_human_eval_rows_and_grid(
-    preview_checkpoint: Path, tiny_learned_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
+def human_eval_rows(
+    bundle: Bundle, weights: Path, tmp_path: Path, *options: str
+) -> list[dict[str, Any]]:
+    """``fchm model eval --human`` on one sample photo, through the CLI: its JSON rows."""
     from typer.testing import CliRunner
 
     from fchm.cli import app
@@ -124,18 +126,25 @@ def test_human_eval_rows_and_grid(
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(sample_images()[1], images)
-    trained = _exported(preview_checkpoint, tiny_learned_bundle, tmp_path)
     result = CliRunner().invoke(
         app,
         [
-            "model", "eval", "--human", "--bundle", str(tiny_learned_bundle.path),
-            "--images", str(images), "--json", str(tmp_path / "h.json"),
-            "--grid", str(tmp_path / "grid.png"), "--weights", str(tiny_checkpoint),
-            "--extra-preview", f"trained={trained}", "--levels", "0,6,12",
+            "model", "eval", "--human", "--bundle", str(bundle.path), "--images", str(images),
+            "--json", str(tmp_path / "h.json"), "--weights", str(weights), *options,
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "h.json").read_text())["rows"]
+    return list(json.loads((tmp_path / "h.json").read_text())["rows"])
+
+
+def test_human_eval_rows_and_grid(
+    preview_checkpoint: Path, tiny_learned_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    trained = _exported(preview_checkpoint, tiny_learned_bundle, tmp_path)
+    rows = human_eval_rows(
+        tiny_learned_bundle, tiny_checkpoint, tmp_path, "--grid", str(tmp_path / "grid.png"),
+        "--extra-preview", f"trained={trained}", "--levels", "0,6,12",
+    )  # fmt: skip
     views = {r["view"] for r in rows}
     assert views == {"preview", "trained", "jpeg", "webp"}
     for row in rows:
