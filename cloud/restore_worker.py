@@ -30,10 +30,16 @@ from PIL import Image, PngImagePlugin
 from cloud.frame_decoder import FrameDecoder, InvalidFrame
 from cloud.latent_references import DecodedChain, LatentReferences
 from cloud.metrics import CloudMetrics
-from cloud.restorers import Restorer, RestorerOptions, load_restorers, view_size
+from cloud.restorers import (
+    Restorer,
+    RestorerOptions,
+    UnavailableRestorer,
+    load_restorers,
+    view_size,
+)
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore, now_ns
-from cloud.store.records import FrameRecord, ViewRecord
+from cloud.store.records import FrameRecord, ViewRecord, view_image_key, view_preview_key
 from cloud.view_queue import ViewJobQueue
 
 if TYPE_CHECKING:
@@ -43,10 +49,6 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("done", "failed")
 EXPECTED = (InvalidFrame, LookupError, FileNotFoundError)
-
-
-def view_image_key(view_id: str) -> str:
-    return f"views/{view_id}.png"
 
 
 def encode_png(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
@@ -177,6 +179,18 @@ class RestoreWorker:
             chain = self.references.decode_chain(frame.camera_id, frame.sequence, frame)
             decoded = chain.decoded
             size = view_size(decoded.geometry.image_size, self.max_side)
+            # A refined kind shows the preview first (GET …/preview), while it renders.
+            preview = self.restorers.get("preview")
+            if (
+                job.kind != "preview"
+                and preview is not None
+                and not isinstance(restorer, UnavailableRestorer)
+            ):
+                with self.metrics.stage_seconds.labels("view_preview").time():
+                    first = preview(decoded, size)
+                meta = view_metadata(job, frame, preview, self.decoder.bundle.hash, chain)
+                meta |= {"fchm:kind": "preview", "fchm:stage": f"preview of a {job.kind} view"}
+                self.store.blobs.put(view_preview_key(view_id), encode_png(first, meta))
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
                 image = restorer(decoded, size)
             if image.shape[1::-1] != size:

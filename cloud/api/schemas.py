@@ -389,6 +389,11 @@ class ViewRequest(BaseModel):
 class ViewLinks(BaseModel):
     self: str
     image: str
+    preview: str | None = Field(
+        None,
+        description="A refined kind's preview, shown first: rendered before the refined "
+        "image, while the job runs (none for kind preview)",
+    )
 
 
 class ViewOut(BaseModel):
@@ -462,7 +467,11 @@ class ViewOut(BaseModel):
             deadline_ns=v.deadline_ns,
             width=v.width,
             height=v.height,
-            links=ViewLinks(self=f"/v1/views/{v.id}", image=f"/v1/views/{v.id}/image"),
+            links=ViewLinks(
+                self=f"/v1/views/{v.id}",
+                image=f"/v1/views/{v.id}/image",
+                preview=None if v.kind == "preview" else f"/v1/views/{v.id}/preview",
+            ),
         )
 
 

@@ -32,7 +32,7 @@ from cloud.api.params import (
 from cloud.api.schemas import ViewOut, ViewPage, ViewRequest, ViewStatus, error_responses
 from cloud.store.api_keys import ApiKey
 from cloud.store.frame_store import FrameStore
-from cloud.store.records import ViewQuery, ViewRecord
+from cloud.store.records import ViewQuery, ViewRecord, view_preview_key
 from cloud.view_queue import QueueFull, UnknownFrame, UnknownViewKind
 
 # Reading views needs read; POST needs view (which implies read).
@@ -143,6 +143,31 @@ def get_view_image(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response:
         media_type="image/png",
         # A view's image never changes once written.
         headers={"Cache-Control": "private, max-age=86400, immutable"},
+    )
+
+
+@router.get(
+    "/{view_id}/preview",
+    summary="A refined view's preview (PNG), shown first while the refined image renders",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409)},
+)
+def get_view_preview(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response:
+    view = _view_or_404(store, view_id, key)
+    if view.kind == "preview":
+        raise ApiError(
+            404, f"view {view_id} is a preview: its image is the preview", field="view_id"
+        )
+    try:
+        png = store.blobs.get(view_preview_key(view_id))
+    except FileNotFoundError:
+        detail = f": {view.error}" if view.status == "failed" else "; poll the view and retry"
+        raise ApiError(
+            409, f"view {view_id} is {view.status}, it has no preview yet{detail}",
+            view_status=view.status,
+        ) from None  # fmt: skip
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
     )
 
 

@@ -54,6 +54,7 @@ from cloud.store.records import (
     StoredFrame,
     ViewQuery,
     ViewRecord,
+    view_preview_key,
 )
 from cloud.store.schema import cameras, detections, frames, views
 
@@ -437,6 +438,8 @@ class FrameStore:
             return self.get_view(view_id)
         if view.image_key is not None:
             self.blobs.delete(view.image_key)
+        if view.kind != "preview":
+            self.blobs.delete(view_preview_key(view.id))  # missing is fine: not rendered yet
         return view
 
     def start_view(

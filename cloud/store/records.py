@@ -72,6 +72,17 @@ class DetectionQuery:
     """order by (capture_time_ns, id) descending; ``after`` then means older than the keyset"""
 
 
+def view_image_key(view_id: str) -> str:
+    """Where a view job's image is kept in the blob store."""
+    return f"views/{view_id}.png"
+
+
+def view_preview_key(view_id: str) -> str:
+    """Where a refined view job keeps the preview it showed first (kinds other than
+    preview: the worker renders the preview, then the refined image)."""
+    return f"views/{view_id}.preview.png"
+
+
 @dataclass(frozen=True)
 class ViewRecord:
     id: str

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 
 from cloud.store.blobs import BlobStore
 from cloud.store.frame_store import FrameStore
-from cloud.store.records import FrameRecord
+from cloud.store.records import FrameRecord, view_preview_key
 from cloud.store.schema import cameras, detections, frames, views
 from codec.bitstream import MAX_CHAIN, BitstreamError, FrameBitstream
 
@@ -232,12 +232,17 @@ def _delete_batch(
             return Deleted(), 0, 0, after
         ids = [r.id for r in picked]
         images = conn.execute(
-            delete(views).where(v.frame_id.in_(ids), v.status != "running").returning(v.image_key)
+            delete(views)
+            .where(v.frame_id.in_(ids), v.status != "running")
+            .returning(v.id, v.kind, v.image_key)
         ).all()
         held = set(conn.execute(select(v.frame_id).where(v.frame_id.in_(ids))).scalars())
         gone = [i for i in ids if i not in held]
         n_detections, bitstreams = _delete_frames(conn, gone) if gone else (0, [])
     keys = [*bitstreams, *(r.image_key for r in images if r.image_key is not None)]
+    # A refined view's first preview, where it got that far.
+    firsts = (view_preview_key(r.id) for r in images if r.kind != "preview")
+    keys += [k for k in firsts if store.blobs.exists(k)]
     deleted = Deleted(len(bitstreams), n_detections, len(images), delete_blobs(store.blobs, keys))
     return deleted, len(held), len(picked), int(picked[-1].sequence)
 

@@ -182,3 +182,61 @@ def test_eval_human_judges_the_diffusion_view_from_a_local_prior(
     # The same machine bitstream under both views; the prior's time is its own.
     assert diffusion["bytes_per_frame"] == preview["bytes_per_frame"] > 0
     assert 0 < diffusion["ms_ssim"] <= 1 and diffusion["ms_per_frame"] > 0
+
+
+def test_a_diffusion_job_shows_its_preview_first_and_deletes_it_with_itself(
+    tiny_bundle: Bundle, prior: Path, tmp_path: Path
+) -> None:
+    """GET …/preview: 409 while queued, the preview once the worker has it (before the
+    refined image), 404 for a preview job; DELETE takes both images."""
+    from fastapi.testclient import TestClient
+
+    from cloud.api.app import create_app
+    from cloud.api.deps import Services, readiness_checks
+    from cloud.store.records import view_image_key, view_preview_key
+    from tests.conftest import admin_headers
+
+    store, sample = stored_frame(tiny_bundle, tmp_path)
+    settings = CloudSettings(data_dir=tmp_path, diffusion_prior_dir=prior, diffusion_steps=2)
+    metrics = CloudMetrics()
+    queue = ViewQueue(store, settings, metrics)
+    restorers = load_restorers(tiny_bundle, 1, None, restorer_options(settings))
+    worker = RestoreWorker(store, FrameDecoder(tiny_bundle), restorers, queue, metrics, 64)
+    services = Services(store, queue, tiny_bundle, metrics, readiness_checks({}))
+    with TestClient(create_app(settings, services), headers=admin_headers(store)) as client:
+        r = client.post("/v1/views", json={"frame_id": sample.frame_id, "kind": "diffusion"})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["links"]["preview"] == f"/v1/views/{body['id']}/preview"
+        early = client.get(body["links"]["preview"])
+        assert early.status_code == 409 and early.json()["view_status"] == "queued"
+
+        assert asyncio.run(asyncio.wait_for(queue.get(), 5)) == body["id"]
+        done = worker.render_once(body["id"])
+        assert done is not None and done.status == "done", done
+        first = Image.open(io.BytesIO(client.get(body["links"]["preview"]).content))
+        final = Image.open(io.BytesIO(client.get(body["links"]["image"]).content))
+        assert first.size == final.size
+        assert first.info["fchm:kind"] == "preview" and final.info["fchm:kind"] == "diffusion"
+        assert first.info["fchm:stage"] == "preview of a diffusion view"
+        assert not np.array_equal(np.asarray(first), np.asarray(final))
+
+        plain = client.post("/v1/views", json={"frame_id": sample.frame_id}).json()
+        assert plain["links"]["preview"] is None
+        assert client.get(f"/v1/views/{plain['id']}/preview").status_code == 404
+
+        assert client.delete(body["links"]["self"]).status_code == 204
+    for blob in (view_image_key(body["id"]), view_preview_key(body["id"])):
+        assert not store.blobs.exists(blob)
+
+    # Retention takes a refined view's preview with the frame (its row, its two images).
+    kept = queue.submit(sample.frame_id, "diffusion")
+    for _ in range(2):  # the plain preview job above, then this one
+        assert worker.render_once(asyncio.run(asyncio.wait_for(queue.get(), 5))) is not None
+    assert store.blobs.exists(view_preview_key(kept.id))
+    from cloud.store.retention import sweep_camera
+
+    swept = sweep_camera(store, "cam", T0_NS + 1)
+    assert swept.deleted.frames == 1 and swept.deleted.views >= 1
+    assert not store.blobs.exists(view_preview_key(kept.id))
+    assert not store.blobs.exists(view_image_key(kept.id))
