@@ -22,6 +22,7 @@ from codec.bitstream import (
     BitstreamError,
     FrameBitstream,
     FrameReference,
+    NeedsHeader,
     StreamHeader,
 )
 from codec.bundle import Bundle
@@ -103,6 +104,8 @@ class FrameDecoder:
         """``inherited``: the reference's header, which a version-5 P-frame takes."""
         try:
             frame = FrameBitstream.from_bytes(data, inherited)
+        except NeedsHeader as exc:
+            raise MissingReference(_missing(exc.reference, None)) from exc
         except BitstreamError as exc:
             raise InvalidFrame(str(exc)) from exc
         if frame.bundle_tag != self.bundle.tag:
@@ -143,8 +146,6 @@ class FrameDecoder:
         predate the symbol check (container version 1). Ingest takes only checked
         versions: a frame without the check could decode to garbage and be stored.
         A P-frame needs ``reference``, the decoded frame its container names."""
-        if reference is None and (named := self.peek_reference(data)) is not None:
-            raise MissingReference(_missing(named, None))
         inherited = None if reference is None else reference.header
         return self.decode_parsed(self.parse(data, inherited), stored, reference)
 

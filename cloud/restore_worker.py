@@ -68,7 +68,7 @@ def view_metadata(
     frame: FrameRecord,
     restorer: Restorer,
     bundle_hash: str,
-    chain: DecodedChain | None = None,
+    chain: DecodedChain,
 ) -> dict[str, str]:
     """What a view PNG says about itself: a reconstruction, of which frame, from how many
     bytes, by which model (readable with any PNG tool: Pillow's ``Image.info``).
@@ -76,7 +76,6 @@ def view_metadata(
     ``fchm:bytes_used`` counts every bitstream the view was decoded from (``chain``): a
     P-frame of 300 B is rendered from its keyframe and the P-frames between, and saying 300
     B would flatter it. ``fchm:frame_bytes`` is the frame's own."""
-    frames, nbytes = (1, frame.num_bytes) if chain is None else (chain.frames, chain.nbytes)
     return {
         "Description": (
             f"FCHM {job.kind} view: a reconstruction from the machine bitstream, not the "
@@ -88,9 +87,9 @@ def view_metadata(
         "fchm:camera": frame.camera_id,
         "fchm:sequence": str(frame.sequence),
         "fchm:frame_id": str(frame.id),
-        "fchm:bytes_used": str(nbytes),
+        "fchm:bytes_used": str(chain.nbytes),
         "fchm:frame_bytes": str(frame.num_bytes),
-        "fchm:chain_frames": str(frames),
+        "fchm:chain_frames": str(chain.frames),
         "fchm:rate_level": str(frame.rate_level),
         "fchm:bundle": bundle_hash,
         "fchm:model_sha256": restorer.model_sha256,

@@ -44,6 +44,20 @@ from codec.geometry import Letterbox
 log = logging.getLogger(__name__)
 
 
+class RestorerUnavailable(RuntimeError):
+    """A view kind this cloud cannot serve as configured; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class RestorerOptions:
+    """What the restorers take from the cloud's settings (CloudSettings.diffusion_*)."""
+
+    diffusion_prior_dir: Path | None = None
+    diffusion_steps: int = 4
+    diffusion_strength: float = 0.5
+    diffusion_seed: int = 0
+
+
 class Restorer(ABC):
     """One kind of human view; instances are shared by all workers (ORT is thread-safe)."""
 
@@ -56,7 +70,9 @@ class Restorer(ABC):
     """The sampling seed a view used; a deterministic restorer has none."""
 
     @abstractmethod
-    def __init__(self, bundle: Bundle, threads: int = 0) -> None: ...
+    def __init__(
+        self, bundle: Bundle, threads: int = 0, options: RestorerOptions | None = None
+    ) -> None: ...
 
     @abstractmethod
     def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
@@ -76,7 +92,14 @@ class PreviewRestorer(Restorer):
         "shows what the machine saw, not a photograph, and is not the diffusion-restored view."
     )
 
-    def __init__(self, bundle: Bundle, threads: int = 0, model: Path | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int = 0,
+        options: RestorerOptions | None = None,
+        *,
+        model: Path | None = None,
+    ) -> None:
         """``model``: another preview.onnx for the same latent (evaluation compares them)."""
         if model is None:
             model = bundle.file("preview")
@@ -93,20 +116,6 @@ class PreviewRestorer(Restorer):
         features = frame.features[None].astype(np.float32, copy=False)
         (image,) = self.session.run(None, {"features": features})
         return np.asarray(image[0], dtype=np.float32)
-
-
-class RestorerUnavailable(RuntimeError):
-    """A view kind this cloud cannot serve as configured; the message says what to set."""
-
-
-@dataclass(frozen=True)
-class RestorerOptions:
-    """What the restorers take from the cloud's settings (CloudSettings.diffusion_*)."""
-
-    diffusion_prior_dir: Path | None = None
-    diffusion_steps: int = 4
-    diffusion_strength: float = 0.5
-    diffusion_seed: int = 0
 
 
 class DiffusionRestorer(Restorer):
@@ -209,7 +218,7 @@ class UnavailableRestorer(Restorer):
     kind = "unavailable"
     description = "not served by this cloud"
 
-    def __init__(self, bundle: Bundle, threads: int = 0, reason: str = "") -> None:
+    def __init__(self, reason: str) -> None:  # not a registered kind: built by load_restorers
         self.reason = reason
 
     def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
@@ -267,13 +276,10 @@ def load_restorers(
         raise ValueError(f"unknown view kinds {unknown}, known: {sorted(RESTORERS)}")
     restorers: dict[str, Restorer] = {}
     for kind in wanted:
-        cls = RESTORERS[kind]
         try:
-            restorers[kind] = (
-                cls(bundle, threads, options) if cls is DiffusionRestorer else cls(bundle, threads)
-            )
+            restorers[kind] = RESTORERS[kind](bundle, threads, options)
         except RestorerUnavailable as exc:
             log.warning("view kind %s not served: %s", kind, exc)
-            restorers[kind] = UnavailableRestorer(bundle, threads, f"{kind}: {exc}")
+            restorers[kind] = UnavailableRestorer(f"{kind}: {exc}")
     log.info("view restorers ready: %s", ", ".join(restorers))
     return restorers

@@ -127,6 +127,17 @@ class BitstreamError(ValueError):
     """A bitstream that cannot be parsed; the message names what is wrong."""
 
 
+class NeedsHeader(BitstreamError):
+    """A well-formed version-5 P-frame parsed without its reference's header."""
+
+    def __init__(self, reference: FrameReference) -> None:
+        super().__init__(
+            "a version-5 P-frame takes its codec, bundle tag, image and latent sizes from "
+            "its reference: parse it with the reference's header"
+        )
+        self.reference = reference
+
+
 @dataclass(frozen=True)
 class FrameBitstream:
     codec_id: int
@@ -278,10 +289,7 @@ def _short(
         )
     _m, _v, _k, level, offset, ref_crc, symbol_crc = fields
     if inherited is None:
-        raise BitstreamError(
-            "a version-5 P-frame takes its codec, bundle tag, image and latent sizes from "
-            "its reference: parse it with the reference's header"
-        )
+        raise NeedsHeader(FrameReference(offset, ref_crc))
     return FrameBitstream(
         inherited.codec_id, level, inherited.bundle_tag, inherited.image_size,
         inherited.latent_shape, payload, symbol_crc, FrameReference(offset, ref_crc), 5,

@@ -20,7 +20,8 @@ import numpy as np
 PRECISION = 16
 """Every table sums to 2**PRECISION; constriction's default coder has 24 bits."""
 
-_ESCAPE_BITS = 32
+ESCAPE_BITS = 32
+"""Raw bits of an escaped value (two 16-bit words), in every coder's bit estimates."""
 
 
 class EntropyCodingError(ValueError):
@@ -50,6 +51,14 @@ def to_symbols(values: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]
     if raw.size and (raw.min() < -(2**31) or raw.max() >= 2**31):
         raise EntropyCodingError("value outside the 32-bit escape range")
     return np.where(escaped, 2 * radius + 1, wide + radius).astype(np.int32), raw
+
+
+def channel_histograms(symbols: np.ndarray, k: int) -> np.ndarray:
+    """(C, K) int64 counts of each channel's symbols (``symbols``: (C, n), to_symbols):
+    what encoder estimates weigh bit costs with, whatever n."""
+    c = symbols.shape[0]
+    flat = (symbols + (np.arange(c) * k)[:, None]).reshape(-1)
+    return np.bincount(flat, minlength=c * k).reshape(c, k)
 
 
 def push_escapes(coder: object, raw: np.ndarray) -> None:
@@ -139,7 +148,7 @@ class EntropyTables:
         channels, h, w = latent_shape
         self._check(channels, level)
         probs = self.freqs[level].astype(np.float64) / (1 << PRECISION)
-        per_symbol = -(probs * np.log2(probs)).sum(axis=-1) + probs[:, self.escape] * _ESCAPE_BITS
+        per_symbol = -(probs * np.log2(probs)).sum(axis=-1) + probs[:, self.escape] * ESCAPE_BITS
         return float(per_symbol.sum()) * h * w + 32.0
 
     def prepare(self) -> None:
@@ -184,9 +193,7 @@ class EntropyTables:
         probabilities over each channel's histogram, escapes raw (ANS adds a word or two).
         For encoder decisions only."""
         symbols, _ = to_symbols(q.reshape(q.shape[0], -1), self.radius)
-        c, k = symbols.shape[0], self.freqs.shape[-1]
-        flat = (symbols + (np.arange(c) * k)[:, None]).reshape(-1)
-        counts = np.bincount(flat, minlength=c * k).reshape(c, k)
+        counts = channel_histograms(symbols, self.freqs.shape[-1])
         return float((counts * self.bit_costs[level]).sum())
 
     @cached_property
@@ -199,7 +206,7 @@ class EntropyTables:
         """(levels, channels, K) float64: the bits of each symbol, an escape's raw value
         included (encoder decisions only)."""
         costs = -self.log2_probs
-        costs[..., self.escape] += _ESCAPE_BITS
+        costs[..., self.escape] += ESCAPE_BITS
         return costs
 
     def decode(self, payload: bytes, level: int, shape: tuple[int, int, int]) -> np.ndarray:

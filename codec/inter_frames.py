@@ -55,9 +55,11 @@ import constriction
 import numpy as np
 
 from codec.entropy_tables import (
+    ESCAPE_BITS,
     PRECISION,
     EntropyCodingError,
     EntropyTables,
+    channel_histograms,
     from_symbols,
     push_escapes,
     quantize_frequencies,
@@ -130,7 +132,7 @@ class InterTables:
     def bit_costs(self) -> np.ndarray:
         """(rungs, K) float64: bits of each residual symbol, an escape's raw value included."""
         costs = -self.log2_probs
-        costs[:, -1] += _ESCAPE_COST
+        costs[:, -1] += ESCAPE_BITS
         return costs
 
     def model(self, rung: int) -> object:
@@ -256,8 +258,7 @@ def _choose_rungs(
     m = len(channels)
     if not m:
         return 0, np.empty(0, dtype=np.int64)
-    flat = (symbols + (np.arange(m) * k)[:, None]).reshape(-1)
-    counts = np.bincount(flat, minlength=m * k).reshape(m, k).astype(np.float64)
+    counts = channel_histograms(symbols, k).astype(np.float64)
     bits = -(counts @ tables.log2_probs.T)  # (m, rungs): residual bits at each rung
     base = tables.base[level].astype(np.int64)[channels]
     offsets = np.arange(OFFSETS.start, OFFSETS.stop)
@@ -302,8 +303,11 @@ FLAG_PRIOR = np.array(
 """Format 3's starting counts (skip, replenish) per context (spatial × TEMPORAL + temporal):
 32 cells' worth at the replenish rates measured on the fixed-camera tuning clips (the two
 clips beside the bench's, levels 3 and 4: the rates agree within a few percent). The
-counts then adapt row by row, so nothing is sent: 9 probabilities sent as 16-bit integers
-would cost 18 B, and adapting from these priors reached 21.8-24.5 B against format 2's 34-36."""
+counts then adapt row by row, so nothing is sent (9 probabilities as 16-bit integers would
+cost 18 B). By the model's own probabilities the flags cost 21.4 / 24.1 B a P-frame on the
+two clips at level 3 (26.8 / 29.7 at level 4), against format 2's 34.2 / 36.4 (40.4 /
+42.7), its 6 B of sent probabilities included. The priors were fitted on these clips;
+fitted on one and judged on the other they gave 21.8 / 24.5 B at level 3."""
 _HEADER_CELLS = struct.Struct("<b3HHH")
 """format 2: scale offset | P(skip) per context | P(still channel) | P(residual-coded cell)"""
 _HEADER_CELLS_3 = struct.Struct("<BBB")
@@ -345,12 +349,36 @@ def _flag_probabilities(p_skip: tuple[int, ...]) -> np.ndarray:
     return np.stack([first, (1 << PRECISION) - first], axis=1) / (1 << PRECISION)
 
 
-def _adaptive_row(counts: np.ndarray, contexts: np.ndarray) -> np.ndarray:
-    """(w, 2) probabilities of (skip, replenish) of a row's cells from the counts so far:
+def _adaptive_probabilities(counts: np.ndarray) -> np.ndarray:
+    """(n, 2) probabilities of (skip, replenish) from (…, 2) counts (skip, replenish):
     integer division, then an exact dyadic float (the same on every machine)."""
-    c = counts[contexts]
-    first = np.clip((c[:, 0] << PRECISION) // c.sum(1), 1, (1 << PRECISION) - 1)
-    return _flag_probabilities(tuple(first.tolist()))
+    first = np.clip((counts[..., 0] << PRECISION) // counts.sum(-1), 1, (1 << PRECISION) - 1)
+    return _flag_probabilities(tuple(first.reshape(-1).tolist()))
+
+
+class _FlagRows:
+    """The probabilities of each row's replenish flags as the decoder reads them row by
+    row: format 2, the frame's three sent probabilities in the spatial contexts; format 3,
+    counts in 9 spatial × temporal contexts that start at FLAG_PRIOR and adapt."""
+
+    def __init__(
+        self, sent: tuple[int, ...], previous: np.ndarray | None, shape: tuple[int, int]
+    ) -> None:
+        self.table = _flag_probabilities(sent) if sent else None
+        self.temporal = temporal_contexts(previous, shape)
+        self.counts = FLAG_PRIOR.copy()
+        self.contexts = np.zeros(shape[1], dtype=np.int64)
+
+    def probabilities(self, row: int, above: np.ndarray) -> np.ndarray:
+        spatial = flag_contexts(above)
+        if self.table is not None:
+            return self.table[spatial]
+        self.contexts = spatial * TEMPORAL + self.temporal[row]
+        return _adaptive_probabilities(self.counts[self.contexts])
+
+    def saw(self, flags: np.ndarray) -> None:
+        if self.table is None:
+            np.add.at(self.counts, (self.contexts, flags.astype(np.int64)), 1)
 
 
 def probability8(p16: int) -> int:
@@ -413,9 +441,7 @@ def encode_cells(
         np.add.at(tally, (np.arange(h)[:, None], contexts * 2 + replenish), 1)
         before = np.cumsum(tally, axis=0) - tally
         counts = FLAG_PRIOR.reshape(1, k, 2) + before.reshape(h, k, 2)
-        cell = counts[np.arange(h)[:, None], contexts]  # (h, w, 2)
-        first = np.clip((cell[..., 0] << PRECISION) // cell.sum(-1), 1, (1 << PRECISION) - 1)
-        flag_probabilities = _flag_probabilities(tuple(first.reshape(-1).tolist()))
+        flag_probabilities = _adaptive_probabilities(counts[np.arange(h)[:, None], contexts])
     residual = (q.astype(np.int64) - prediction)[:, replenish]  # (C, n)
     values = q[:, replenish].astype(np.int64)
     flag_symbols = replenish.reshape(-1).astype(np.int32)
@@ -514,20 +540,10 @@ def decode_cells(
     with _decoding(words) as decoder:
         replenish = np.zeros((h, w), dtype=bool)
         above = np.zeros(w, dtype=bool)
-        if p_format == 2:
-            table = _flag_probabilities(tuple(probabilities[:CONTEXTS]))
-        else:
-            temporal = temporal_contexts(previous, (h, w))
-            counts = FLAG_PRIOR.copy()
+        flags = _FlagRows(tuple(probabilities[:-2]), previous, (h, w))
         for row in range(h):
-            if p_format == 2:
-                probs = table[flag_contexts(above)]
-            else:
-                contexts = flag_contexts(above) * TEMPORAL + temporal[row]
-                probs = _adaptive_row(counts, contexts)
-            replenish[row] = decoder.decode(_CATEGORICAL, probs)
-            if p_format == 3:
-                np.add.at(counts, (contexts, replenish[row].astype(np.int64)), 1)
+            replenish[row] = decoder.decode(_CATEGORICAL, flags.probabilities(row, above))
+            flags.saw(replenish[row])
             above = replenish[row]
         cells = np.flatnonzero(replenish.reshape(-1))
         if len(cells):
@@ -548,9 +564,7 @@ def _intra_shift(intra: EntropyTables, level: int, symbols: np.ndarray) -> int:
     shifts = [d for d in INTRA_SHIFTS if 0 <= level + d < intra.num_levels]
     if not symbols.shape[1]:
         return 0
-    c, k = symbols.shape[0], intra.freqs.shape[-1]
-    flat = (symbols + (np.arange(c) * k)[:, None]).reshape(-1)
-    counts = np.bincount(flat, minlength=c * k).reshape(c, k).astype(np.float64)
+    counts = channel_histograms(symbols, intra.freqs.shape[-1]).astype(np.float64)
     cost = intra.bit_costs[level + shifts[0] : level + shifts[-1] + 1]  # (shifts, C, K)
     bits = np.tensordot(cost, counts, axes=([1, 2], [0, 1]))
     return shifts[int(bits.argmin())]
@@ -592,10 +606,6 @@ def _residual_cells(
 _SIDE_BITS_PER_CHANNEL = 6.0
 """A bound on the residual cells' side information, per channel: a still flag (≤ 1 bit)
 and a rung delta (≤ 5 bits where it is not far from the base rung)."""
-
-
-_ESCAPE_COST = 32.0
-"""Raw bits of an escaped value (two 16-bit words)."""
 
 
 def _push_residuals(

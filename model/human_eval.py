@@ -197,7 +197,7 @@ def evaluate_human(
         raise ValueError(f"views {sorted(missing)} cannot be served: {missing}")
     views: dict[str, Restorer] = {k: r for k, r in loaded.items() if k not in missing}
     for name, path in cfg.extra_previews:
-        views[name] = PreviewRestorer(bundle, cfg.threads, path)
+        views[name] = PreviewRestorer(bundle, cfg.threads, model=path)
     features = FeatureDistance(bundle, cfg.weights)
     levels = list(cfg.levels or range(0, codec.num_levels, 2))
     if min(levels) < 0 or max(levels) >= codec.num_levels:

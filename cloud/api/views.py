@@ -138,11 +138,13 @@ def get_view_image(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response:
         png = store.blobs.get(view.image_key)
     except FileNotFoundError as exc:
         raise ApiError(500, f"the image of view {view_id} is missing from storage") from exc
+    return _png(png)
+
+
+def _png(png: bytes) -> Response:
+    # A view's images never change once written.
     return Response(
-        png,
-        media_type="image/png",
-        # A view's image never changes once written.
-        headers={"Cache-Control": "private, max-age=86400, immutable"},
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
     )
 
 
@@ -166,9 +168,7 @@ def get_view_preview(view_id: ViewId, store: StoreDep, key: ReadKey) -> Response
             409, f"view {view_id} is {view.status}, it has no preview yet{detail}",
             view_status=view.status,
         ) from None  # fmt: skip
-    return Response(
-        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
-    )
+    return _png(png)
 
 
 @router.delete(

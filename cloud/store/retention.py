@@ -240,9 +240,8 @@ def _delete_batch(
         gone = [i for i in ids if i not in held]
         n_detections, bitstreams = _delete_frames(conn, gone) if gone else (0, [])
     keys = [*bitstreams, *(r.image_key for r in images if r.image_key is not None)]
-    # A refined view's first preview, where it got that far.
-    firsts = (view_preview_key(r.id) for r in images if r.kind != "preview")
-    keys += [k for k in firsts if store.blobs.exists(k)]
+    # A refined view's first preview (deleting a missing one is fine, and counts).
+    keys += [view_preview_key(r.id) for r in images if r.kind != "preview"]
     deleted = Deleted(len(bitstreams), n_detections, len(images), delete_blobs(store.blobs, keys))
     return deleted, len(held), len(picked), int(picked[-1].sequence)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cloud.frame_decoder import FrameDecoder, InvalidFrame, MissingReference, ReferenceFrame
-from codec.bitstream import FrameBitstream, FrameReference
+from codec.bitstream import P_FORMATS, VERSION, FrameBitstream, FrameReference
 from codec.bundle import Bundle
 from codec.entropy_tables import symbol_crc
 from codec.feature_codec import DEFAULT_SKIP_THRESHOLD, EncodedFeatures, UniformFeatureCodec
@@ -68,6 +68,7 @@ def test_more_levels_cost_more_bytes(tiny_bundle: Bundle) -> None:
 
 
 KEYFRAME_EVERY = 25
+FORMAT_VERSIONS = {p_format: version for version, p_format in P_FORMATS.items()}
 
 
 def container(bundle: Bundle, codec_id: int, image_size, encoded: EncodedFeatures) -> bytes:  # type: ignore[no-untyped-def]
@@ -76,7 +77,7 @@ def container(bundle: Bundle, codec_id: int, image_size, encoded: EncodedFeature
     is the camera's previous frame."""
     ref = encoded.reference_crc
     return FrameBitstream(
-        version={1: 3, 2: 4, 3: 5}[encoded.p_format] if ref is not None else 5,
+        version=VERSION if ref is None else FORMAT_VERSIONS[encoded.p_format],
         codec_id=codec_id,
         rate_level=encoded.rate_level,
         bundle_tag=bundle.tag,
