@@ -118,6 +118,8 @@ bench: setup bundle $(UNIFORM)/manifest.json $(LINEAR_PREVIEW) ## Benchmarks; ta
 	$(PY) bench/cloud_scale.py --bundle $(BUNDLE) --out bench/results  # ~11 min; loopback PostgreSQL + Redis
 	$(PY) bench/human_views.py --bundle $(BUNDLE) --out bench/results \
 	  --extra-preview linear=$(LINEAR_PREVIEW)
+	$(PY) bench/enhancement_residual.py --bundle $(BUNDLE) --out bench/results
+	$(PY) bench/enhanced_views.py --bundle $(BUNDLE) --out bench/results  # edge → cloud round trips
 
 # The linear (ridge-fitted) preview an export without --preview ships: the baseline the
 # trained preview is judged against in bench/human_views.py.

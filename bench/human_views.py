@@ -1,8 +1,9 @@
 """Human views per dev set: the bundle's views against JPEG/WebP at the same bytes.
 
     bench/dev_sets.py DEV_SETS ─► model.human_eval.evaluate_human (one run per set)
-        ─► human_views_<set>.json + .md   rows: view, level, bytes, PSNR, MS-SSIM, mAP50
-        ─► human_views_<set>.png          original | JPEG | WebP | each view, one level
+        ─► human_views_<set>.json + .md   rows: view, level, bytes, PSNR, MS-SSIM, mAP50;
+                                          and per total budget B: enhanced, JPEG, WebP at B
+        ─► human_views_<set>.png          original | JPEG | WebP | each view | enhanced
         ─► human_views.md                 every set's table
 
 ``--extra-preview NAME=preview.onnx`` judges another preview decoder on the same decoded
@@ -21,7 +22,13 @@ from pathlib import Path
 # bench/ is on the path of a script run from it (as `make bench` runs it).
 from dev_sets import DEV_SETS, fetch, path_of
 
-from model.human_eval import HumanEvalConfig, evaluate_human, markdown_table, write_human_json
+from model.human_eval import (
+    ENHANCED_BYTES,
+    HumanEvalConfig,
+    evaluate_human,
+    markdown_table,
+    write_human_json,
+)
 
 LEVELS = (0, 2, 4, 6, 8, 10, 12, 14)
 
@@ -39,6 +46,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames per video set")
     parser.add_argument("--extra-preview", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--grid-level", type=int, default=8)
+    parser.add_argument(
+        "--enhanced-bytes",
+        type=lambda v: tuple(int(b) for b in v.split(",") if b),
+        default=ENHANCED_BYTES,
+        metavar="B,B,...",
+        help="total bytes per frame of the enhanced view's rows (machine bitstream at level 0 "
+        "+ enhancement), comma-separated; '' for none "
+        f"[default: {','.join(map(str, ENHANCED_BYTES))}]",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
@@ -51,7 +67,15 @@ def main() -> None:
                 "the machine bitstream's bytes. mAP50: the detector on the view against its "
                 "own detections on the original. Feature distance: normalized MSE of the "
                 "detector's first layers (not LPIPS). ms/frame: a view's restore time on "
-                f"{args.threads} ONNX Runtime threads; JPEG/WebP: decode time.", ""]  # fmt: skip
+                f"{args.threads} ONNX Runtime threads; JPEG/WebP: decode time.",
+                "",
+                "Setting `B n`: n bytes per frame in all. enhanced: the machine bitstream at "
+                "level 0 (m bytes) plus the frame's enhancement layer (codec/enhancement.py, "
+                "the payload without a container) coded at n − m; ms/frame is the cloud's "
+                "decode of it, edge ms/frame the edge's encode. A frame where n − m is under "
+                "the enhancement's minimum or nothing fits is the preview at m bytes "
+                "(fallback frames). JPEG/WebP at `B n`: the largest file at or under n.",
+                ""]  # fmt: skip
     for dev in (d for d in DEV_SETS if d.name in wanted):
         path = path_of(dev)
         grid = args.out / f"human_views_{dev.name}.png"
@@ -62,6 +86,7 @@ def main() -> None:
                 video=path if dev.kind == "video" else None,
                 fps=args.fps, frames=args.frames, levels=LEVELS, extra_previews=extras,
                 grid=grid, grid_level=args.grid_level, threads=args.threads,
+                enhanced_bytes=args.enhanced_bytes,
             )
         )  # fmt: skip
         write_human_json(result, args.out / f"human_views_{dev.name}.json")

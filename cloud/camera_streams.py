@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,26 @@ class StreamReplaced(RuntimeError):
     """A newer stream of the same camera took over this one."""
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for the edge that no uplink message asked for (an EnhancementRequest),
+    yielded by ``StreamLease.messages`` between the edge's messages."""
+
+    message: Any
+
+
 class StreamLease:
     """One stream's claim on its camera; valid until a newer stream claims it."""
 
     def __init__(self, registry: CameraStreams, camera_id: str, peer: str) -> None:
         self.registry, self.camera_id, self.peer = registry, camera_id, peer
         self.replaced = asyncio.Event()
+        self.started_ns = time.time_ns()
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def send(self, message: Any) -> None:
+        """Queue a message for the edge (on the event loop); the stream yields it next."""
+        self.outbox.put_nowait(message)
 
     def check(self) -> None:
         if self.replaced.is_set():
@@ -49,26 +65,40 @@ class StreamLease:
                 "frames not acknowledged here are to be replayed"
             )
 
-    async def messages(self, requests: AsyncIterator[T]) -> AsyncIterator[T]:
-        """The stream's messages until it ends or is replaced (then StreamReplaced)."""
+    async def messages(self, requests: AsyncIterator[T]) -> AsyncIterator[T | Outgoing]:
+        """The stream's messages until it ends or is replaced (then StreamReplaced), and
+        between them what was ``send``-queued for the edge, as Outgoing."""
         it = aiter(requests)
         replaced = asyncio.ensure_future(self.replaced.wait())
+        read: asyncio.Future[T] | None = None
+        outgoing: asyncio.Future[Any] | None = None
         try:
             while True:
                 self.check()
-                read = asyncio.ensure_future(anext(it))
-                await asyncio.wait({read, replaced}, return_when=asyncio.FIRST_COMPLETED)
+                # A pending read is kept across outgoing messages, never cancelled for one.
+                read = read or asyncio.ensure_future(anext(it))
+                outgoing = outgoing or asyncio.ensure_future(self.outbox.get())
+                waiting: set[asyncio.Future[Any]] = {read, replaced, outgoing}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if outgoing.done():
+                    message_out, outgoing = outgoing.result(), None
+                    yield Outgoing(message_out)
+                    continue
                 if not read.done():
-                    read.cancel()
                     self.check()
+                    continue
+                done, read = read, None
                 try:
-                    message = read.result()
+                    message = done.result()
                 except StopAsyncIteration:
                     return
                 self.check()  # read and replaced at once: the message is not taken
                 yield message
         finally:
             replaced.cancel()
+            for pending in (read, outgoing):
+                if pending is not None:
+                    pending.cancel()
 
     async def run(self, fn: Callable[..., T], *args: object, executor: Executor | None = None) -> T:
         """Run one frame's blocking ingest in a thread (``executor``, default asyncio's);

@@ -1,6 +1,8 @@
 """gRPC Ingest servicer: thin, over FrameIngest and FrameStore.
 
-Protocol per stream: Hello → Welcome (+ RateHint) → (Frame → Ack)*. Errors end the
+Protocol per stream: Hello → Welcome (+ RateHint) → (Frame → Ack)*, and at any time
+EnhancementRequest ─► … Enhancement → EnhancementAck (a refused answer is acked with its
+error; it does not end the stream: cloud/enhancement_dispatch.py). Errors end the
 stream with a status: FAILED_PRECONDITION for a missing Hello or another bundle,
 INVALID_ARGUMENT for a bad camera id or a malformed frame, UNAUTHENTICATED or
 PERMISSION_DENIED for a camera whose token does not check out (cloud/camera_auth.py),
@@ -23,7 +25,8 @@ from typing import NoReturn
 import grpc
 
 from cloud.camera_auth import AuthRefused, CameraAuth
-from cloud.camera_streams import CameraStreams, StreamLease, StreamReplaced
+from cloud.camera_streams import CameraStreams, Outgoing, StreamLease, StreamReplaced
+from cloud.enhancement_dispatch import EnhancementDispatch
 from cloud.frame_decoder import InvalidFrame, OutdatedBitstream
 from cloud.frame_ingest import FrameIngest, ReceivedFrame, SequenceReused
 from cloud.ingest_lag import IngestLag
@@ -52,6 +55,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         lag: IngestLag | None = None,
         workers: int = 0,
         backpressure_level: int | None = None,
+        enhancement_poll_s: float = 0.5,
+        presence_every_s: float = 10.0,
     ) -> None:
         self.ingest = ingest
         self.bundle_hash = bundle_hash
@@ -64,6 +69,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         self.backpressure_level = backpressure_level
         self._workers = ThreadPoolExecutor(workers, "ingest") if workers else None
         self._open_streams = 0
+        self.enhancements = EnhancementDispatch(ingest.store, self.streams, ingest.metrics)
+        self.enhancement_poll_s, self.presence_every_s = enhancement_poll_s, presence_every_s
+        self._upkeep: asyncio.Task[None] | None = None
 
     async def Stream(
         self,
@@ -95,6 +103,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 )
             # A valid Hello takes the camera over (after its older stream's last frame).
             lease = await self.streams.claim(hello.camera_id, context.peer())
+            if self._upkeep is None or self._upkeep.done():
+                self._upkeep = asyncio.create_task(self._stream_upkeep(), name="stream-upkeep")
             next_sequence = await asyncio.to_thread(
                 self.ingest.store.register_camera,
                 hello.camera_id,
@@ -116,6 +126,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                     rate_hint=ingest_pb2.RateHint(rate_level=self.rate_hint, reason="operator")
                 )
             async for message in lease.messages(request_iterator):
+                if isinstance(message, Outgoing):
+                    yield message.message
+                    continue
+                if message.WhichOneof("kind") == "enhancement":
+                    yield await asyncio.to_thread(
+                        self.enhancements.receive, hello.camera_id, message.enhancement
+                    )
+                    continue
                 if message.WhichOneof("kind") != "frame":
                     await self._abort(
                         context,
@@ -182,6 +200,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             self._open_streams -= 1
             if lease is not None:
                 self.streams.release(lease)
+            if not self.streams.live and self._upkeep is not None:
+                self._upkeep.cancel()  # no stream to send a request down, nobody present
+                self._upkeep = None
             metrics.streams.dec()
         if replaced is not None:
             # As for rejected frames: abort outside the except block, holding no frame
@@ -189,6 +210,26 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             with contextlib.suppress(NameError):  # unbound: replaced before its first frame
                 del message, f, received
             await self._abort(context, grpc.StatusCode.ABORTED, replaced)
+
+    # ── while streams are open ────────────────────────────────────────────────
+    async def _stream_upkeep(self) -> None:
+        """Enhancement requests down the live streams (cloud/enhancement_dispatch.py), and
+        presence: a connected camera is heard from, frames or not (GET /v1/cameras shows it
+        online, and an enhanced view waits for its answer)."""
+        touched = 0.0
+        while True:
+            try:
+                await self.enhancements.dispatch_once()
+                if time.monotonic() - touched >= self.presence_every_s:
+                    touched = time.monotonic()
+                    await asyncio.to_thread(
+                        self.ingest.store.touch_cameras, list(self.streams.live), time.time_ns()
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup: the next round tries again
+                log.warning("stream upkeep failed", exc_info=True)
+            await asyncio.sleep(self.enhancement_poll_s)
 
     # ── ingest lag and backpressure (cloud/ingest_lag.py) ────────────────────
     def _ingest_now(

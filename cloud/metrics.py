@@ -70,6 +70,17 @@ class CloudMetrics:
             ["status"],
             registry=r,
         )
+        # Enhancements (cloud/store/enhancements.py): asked, answered, used by views.
+        self.enhancements = Counter(
+            "fchm_enhancements",
+            "Enhancement events: sent (a request down a stream), stored, duplicate, refused "
+            "(ingest); used, unavailable, offline, timeout (enhanced views)",
+            ["event"],
+            registry=r,
+        )
+        self.enhancement_bytes = Counter(
+            "fchm_enhancement_bytes", "Enhancement payload bytes stored", registry=r
+        )
         # Retention (cloud/retention_sweeper.py).
         self.retention_deleted = Counter(
             "fchm_retention_deleted",

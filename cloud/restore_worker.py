@@ -3,6 +3,8 @@
     queue.get() ─► job row (past its deadline: failed, "expired"; else running,
         attempts + 1) ─► frame row ─► bitstream blob(s)
         ─► LatentReferences.decode_stored (a P-frame: from its keyframe on)
+        ─► (kind enhanced: the preview first, then wait for the camera's enhancement, up
+            to enhancement_wait_s; none: the preview, with ``fallback`` saying why)
         ─► RESTORERS[kind] at view_size (ORT, in a thread) ─► PNG
         ─► blobs.put("views/<id>.png") ─► job row (done, image_key, size) │ (failed, error)
 
@@ -21,7 +23,9 @@ import io
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +45,7 @@ from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore, now_ns
 from cloud.store.records import FrameRecord, ViewRecord, view_image_key, view_preview_key
 from cloud.view_queue import ViewJobQueue
+from codec.enhancement import EnhancementError
 
 if TYPE_CHECKING:
     from cloud.api.deps import Services
@@ -48,7 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINISHED = ("done", "failed")
-EXPECTED = (InvalidFrame, LookupError, FileNotFoundError)
+ENHANCEMENT_POLL_S = 0.2
+EXPECTED = (InvalidFrame, LookupError, FileNotFoundError, EnhancementError)
 
 
 def encode_png(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
@@ -69,14 +75,19 @@ def view_metadata(
     restorer: Restorer,
     bundle_hash: str,
     chain: DecodedChain,
+    enhancement: Enhancement | None = None,
 ) -> dict[str, str]:
     """What a view PNG says about itself: a reconstruction, of which frame, from how many
     bytes, by which model (readable with any PNG tool: Pillow's ``Image.info``).
 
     ``fchm:bytes_used`` counts every bitstream the view was decoded from (``chain``): a
     P-frame of 300 B is rendered from its keyframe and the P-frames between, and saying 300
-    B would flatter it. ``fchm:frame_bytes`` is the frame's own."""
-    return {
+    B would flatter it. ``fchm:frame_bytes`` is the frame's own. An enhanced view adds its
+    enhancement's bytes (``fchm:enhancement_bytes``), or says why it has none."""
+    extra_bytes = (
+        0 if enhancement is None or enhancement.payload is None else len(enhancement.payload)
+    )
+    meta = {
         "Description": (
             f"FCHM {job.kind} view: a reconstruction from the machine bitstream, not the "
             "camera's image"
@@ -87,7 +98,7 @@ def view_metadata(
         "fchm:camera": frame.camera_id,
         "fchm:sequence": str(frame.sequence),
         "fchm:frame_id": str(frame.id),
-        "fchm:bytes_used": str(chain.nbytes),
+        "fchm:bytes_used": str(chain.nbytes + extra_bytes),
         "fchm:frame_bytes": str(frame.num_bytes),
         "fchm:chain_frames": str(chain.frames),
         "fchm:rate_level": str(frame.rate_level),
@@ -95,6 +106,25 @@ def view_metadata(
         "fchm:model_sha256": restorer.model_sha256,
         "fchm:seed": restorer.seed_text,
     }
+    if enhancement is not None:
+        meta["fchm:enhancement_bytes"] = str(extra_bytes)
+        if enhancement.payload is not None:
+            meta["Description"] = (
+                "FCHM enhanced view: the camera's own pixels, coded lossily on request at "
+                f"{job.enhancement_bytes} B (not a reconstruction from features)"
+            )
+            meta["fchm:reconstruction"] = "false"
+        else:
+            meta["fchm:fallback"] = enhancement.fallback or ""
+    return meta
+
+
+@dataclass(frozen=True)
+class Enhancement:
+    """What an enhanced view got: the payload, or why there is none."""
+
+    payload: bytes | None
+    fallback: str | None = None
 
 
 class RestoreWorker:
@@ -108,8 +138,10 @@ class RestoreWorker:
         max_side: int | None = None,
         worker_id: str | None = None,
         lease_s: float = 30.0,
+        options: RestorerOptions | None = None,
     ) -> None:
         self.store = store
+        self.options = options or RestorerOptions()
         self.decoder = decoder
         self.references = LatentReferences(decoder, store)
         self.restorers = restorers
@@ -190,13 +222,17 @@ class RestoreWorker:
                 meta = view_metadata(job, frame, preview, self.decoder.bundle.hash, chain)
                 meta |= {"fchm:kind": "preview", "fchm:stage": f"preview of a {job.kind} view"}
                 self.store.blobs.put(view_preview_key(view_id), encode_png(first, meta))
+            enhancement = (
+                self._await_enhancement(job, frame) if restorer.wants_enhancement else None
+            )
+            payload = None if enhancement is None else enhancement.payload
             with self.metrics.stage_seconds.labels(f"view_{job.kind}").time():
-                image = restorer(decoded, size)
+                image = restorer(decoded, size, payload)
             if image.shape[1::-1] != size:
                 raise RuntimeError(f"restorer {job.kind} returned {image.shape}, not {size}")
             # 4. Durable image first, then the row that points at it.
             key = view_image_key(view_id)
-            text = view_metadata(job, frame, restorer, self.decoder.bundle.hash, chain)
+            text = view_metadata(job, frame, restorer, self.decoder.bundle.hash, chain, enhancement)
             self.store.blobs.put(key, encode_png(image, text))
         except Exception as exc:
             # Bad data is expected and explained by the message; anything else gets a trace.
@@ -213,10 +249,52 @@ class RestoreWorker:
                 image_key=key,
                 width=size[0],
                 height=size[1],
+                fallback=None if enhancement is None else enhancement.fallback,
             )
             self.metrics.views.labels("done").inc()
             log.info("view %s done (frame %d, %dx%d)", view_id, frame.id, *image.shape[1::-1])
         return self.store.get_view(view_id)
+
+    def _await_enhancement(self, job: ViewRecord, frame: FrameRecord) -> Enhancement:
+        """The camera's answer to the view's enhancement request, polled from the store (the
+        camera's stream may be held by another process), or why the view goes without."""
+        if job.enhancement_id is None:
+            raise LookupError(f"view {job.id} of kind {job.kind} has no enhancement request")
+        deadline = time.monotonic() + self.options.enhancement_wait_s
+        checked_online = False
+        while True:
+            record = self.store.enhancements.get(job.enhancement_id)
+            if record is None:
+                raise LookupError(f"enhancement request {job.enhancement_id} is gone")
+            if record.status == "stored":
+                self.metrics.enhancements.labels("used").inc()
+                return Enhancement(self.store.enhancements.payload(record))
+            if record.status == "unavailable":
+                self.metrics.enhancements.labels("unavailable").inc()
+                return Enhancement(None, f"camera {frame.camera_id} could not send it: "
+                                         f"{record.reason}")  # fmt: skip
+            if not checked_online:
+                checked_online = True
+                offline = self._offline_for_s(frame.camera_id)
+                if offline is not None:
+                    self.metrics.enhancements.labels("offline").inc()
+                    return Enhancement(None, f"camera {frame.camera_id} is offline (not heard "
+                                             f"from for {offline:.0f} s); the request stays "
+                                             "and is sent when it reconnects")  # fmt: skip
+            if time.monotonic() >= deadline:
+                self.metrics.enhancements.labels("timeout").inc()
+                return Enhancement(None, f"no enhancement from camera {frame.camera_id} within "
+                                         f"{self.options.enhancement_wait_s:g} s; the request "
+                                         "stays, and a new view request uses it once it is "
+                                         "stored")  # fmt: skip
+            time.sleep(ENHANCEMENT_POLL_S)
+
+    def _offline_for_s(self, camera_id: str) -> float | None:
+        cameras = self.store.list_cameras(camera_id)
+        if not cameras:
+            return None
+        silent_s = (now_ns() - cameras[0].last_seen_ns) / 1e9
+        return silent_s if silent_s > self.options.camera_online_after_s else None
 
     def _expire(self, job: ViewRecord) -> ViewRecord | None:
         late_s = (now_ns() - (job.deadline_ns or 0)) / 1e9
@@ -239,7 +317,8 @@ def _error_text(exc: Exception) -> str:
 def restorer_options(settings: CloudSettings) -> RestorerOptions:
     s = settings
     return RestorerOptions(s.diffusion_prior_dir, s.diffusion_steps, s.diffusion_strength,
-                           s.diffusion_seed)  # fmt: skip
+                           s.diffusion_seed, s.enhancement_wait_s,
+                           s.camera_online_after_s)  # fmt: skip
 
 
 async def start_view_workers(
@@ -271,6 +350,7 @@ async def start_view_workers(
             max_side,
             worker_id=f"{socket.gethostname()}:{os.getpid()}:{i}",
             lease_s=lease_s,
+            options=options,
         )
         tasks.append(asyncio.create_task(worker.run(), name=f"restore-worker-{i}"))
     log.info("%d restore workers started", n)

@@ -22,6 +22,9 @@ job names its kind and the restore worker looks it up there.
   recorded seed, on a GPU when there is one. The detail it adds is the prior's, not the
   camera's. Without a prior the kind is not served, and a view asking for it fails
   saying why. Nothing is fetched from a hub.
+- ``enhanced``: the frame's own pixels, from the enhancement layer its camera codes on
+  request (codec/enhancement.py; the worker waits for it, cloud/restore_worker.py), or the
+  preview, saying why, when the camera cannot send it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 from cloud.frame_decoder import DecodedFrame
 from cloud.onnx_sessions import open_session
 from codec.bundle import Bundle, file_sha256
+from codec.enhancement import decode_enhancement
 from codec.geometry import Letterbox
 
 log = logging.getLogger(__name__)
@@ -50,12 +54,17 @@ class RestorerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class RestorerOptions:
-    """What the restorers take from the cloud's settings (CloudSettings.diffusion_*)."""
+    """What the view service takes from the cloud's settings (CloudSettings.diffusion_*,
+    enhancement_wait_s, camera_online_after_s)."""
 
     diffusion_prior_dir: Path | None = None
     diffusion_steps: int = 4
     diffusion_strength: float = 0.5
     diffusion_seed: int = 0
+    enhancement_wait_s: float = 20.0
+    """an enhanced view waits this long for its camera's answer (restore_worker.py)"""
+    camera_online_after_s: float = 30.0
+    """a camera not heard from for longer is offline: its enhanced views do not wait"""
 
 
 class Restorer(ABC):
@@ -68,6 +77,8 @@ class Restorer(ABC):
     """sha256 of the network that renders it (the view PNG's metadata says which)."""
     seed_text: str = "none: deterministic"
     """The sampling seed a view used; a deterministic restorer has none."""
+    wants_enhancement: ClassVar[bool] = False
+    """The worker fetches the view's enhancement payload (kind enhanced) and passes it."""
 
     @abstractmethod
     def __init__(
@@ -75,8 +86,13 @@ class Restorer(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+    def __call__(
+        self, frame: DecodedFrame, size: tuple[int, int], enhancement: bytes | None = None
+    ) -> np.ndarray:
         """Return an RGB uint8 (H, W, 3) image of exactly ``size`` (width, height).
+
+        ``enhancement``: the view's enhancement payload, for kinds that want one (None: it
+        did not come, and the view is rendered from the machine bitstream alone).
 
         The caller passes ``view_size(frame.geometry.image_size, max_side)``; a restorer
         never allocates by the frame's declared size, which may be anything up to
@@ -108,7 +124,9 @@ class PreviewRestorer(Restorer):
             self.model_sha256 = file_sha256(model)
         self.session = open_session(model, threads)
 
-    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+    def __call__(
+        self, frame: DecodedFrame, size: tuple[int, int], enhancement: bytes | None = None
+    ) -> np.ndarray:
         return uncrop_letterbox(self.network_image(frame), frame.geometry, size)
 
     def network_image(self, frame: DecodedFrame) -> np.ndarray:
@@ -185,7 +203,9 @@ class DiffusionRestorer(Restorer):
         if threads:
             torch.set_num_threads(threads)
 
-    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+    def __call__(
+        self, frame: DecodedFrame, size: tuple[int, int], enhancement: bytes | None = None
+    ) -> np.ndarray:
         torch = self.torch
         base = self.preview.network_image(frame)  # (3, H, W), H and W multiples of 32
         x = torch.from_numpy(base)[None].to(self.device, self.pipe.unet.dtype)  # [0, 1]
@@ -212,6 +232,31 @@ def _directory_sha256(root: Path, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+class EnhancedRestorer(Restorer):
+    kind = "enhanced"
+    description = (
+        "enhanced: the camera's own pixels of this frame, coded again by its edge on request "
+        "from the frames it retains (AVIF at the view's enhancement_bytes, on top of the machine "
+        "bitstream; both counted). A lossy photograph of the frame, not a reconstruction from "
+        "features. When the camera cannot send it (offline, frame no longer retained) the view "
+        "is the preview, and `fallback` says why."
+    )
+    wants_enhancement = True
+
+    def __init__(
+        self, bundle: Bundle, threads: int = 0, options: RestorerOptions | None = None
+    ) -> None:
+        self.preview = PreviewRestorer(bundle, threads)
+        self.model_sha256 = self.preview.model_sha256  # of the fallback; the payload is pixels
+
+    def __call__(
+        self, frame: DecodedFrame, size: tuple[int, int], enhancement: bytes | None = None
+    ) -> np.ndarray:
+        if enhancement is None:
+            return self.preview(frame, size)
+        return decode_enhancement(enhancement, size)
+
+
 class UnavailableRestorer(Restorer):
     """Stands in for a kind this cloud cannot serve: a view of it fails with the reason."""
 
@@ -221,7 +266,9 @@ class UnavailableRestorer(Restorer):
     def __init__(self, reason: str) -> None:  # not a registered kind: built by load_restorers
         self.reason = reason
 
-    def __call__(self, frame: DecodedFrame, size: tuple[int, int]) -> np.ndarray:
+    def __call__(
+        self, frame: DecodedFrame, size: tuple[int, int], enhancement: bytes | None = None
+    ) -> np.ndarray:
         raise LookupError(self.reason)
 
 
@@ -258,6 +305,7 @@ def uncrop_letterbox(
 RESTORERS: dict[str, type[Restorer]] = {
     "preview": PreviewRestorer,
     "diffusion": DiffusionRestorer,
+    "enhanced": EnhancedRestorer,
 }
 
 

@@ -183,6 +183,9 @@ class CloudServer:
             lag=lag,
             workers=s.ingest_workers,
             backpressure_level=s.backpressure_rate_level,
+            enhancement_poll_s=s.enhancement_poll_s,
+            # Three beats within the online window: a connected camera never looks offline.
+            presence_every_s=min(10.0, s.camera_online_after_s / 3),
         )
         self._grpc, self.grpc_port = create_grpc_server(servicer, s)
         await self._grpc.start()

@@ -118,6 +118,20 @@ class CloudSettings(BaseSettings):
         0.5, gt=0.0, le=1.0, description="How far the preview is noised before denoising"
     )
     diffusion_seed: int = Field(0, ge=0, description="Sampling seed (the view PNG records it)")
+    enhancement_wait_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        description="An enhanced view waits this long for the camera's enhancement, then "
+        "falls back to the machine-only view, saying so (a camera offline is not waited for)",
+    )
+    enhancement_poll_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Ingest looks for enhancement requests to send down its streams this "
+        "often (requests may come from another process's API)",
+    )
     onnx_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: auto)")
     tail_max_batch: int = Field(
         1,

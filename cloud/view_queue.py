@@ -74,7 +74,12 @@ class ViewJobQueue(Protocol):
         ...
 
     def submit(
-        self, frame_id: int, kind: str, priority: int = 5, deadline_s: float | None = None
+        self,
+        frame_id: int,
+        kind: str,
+        priority: int = 5,
+        deadline_s: float | None = None,
+        enhancement_bytes: int | None = None,
     ) -> ViewRecord: ...
 
     def request(
@@ -84,6 +89,7 @@ class ViewJobQueue(Protocol):
         priority: int = 5,
         deadline_s: float | None = None,
         reuse: bool = True,
+        enhancement_bytes: int | None = None,
     ) -> tuple[ViewRecord, bool]: ...
 
     async def get(self) -> str: ...
@@ -133,33 +139,51 @@ class DurableViewQueue:
         priority: int = 5,
         deadline_s: float | None = None,
         reuse: bool = True,
+        enhancement_bytes: int | None = None,
     ) -> tuple[ViewRecord, bool]:
         """The job that answers a request, and whether it is an existing one (``reuse``:
-        a done view of this frame and kind, or one queued or running); else ``submit``."""
+        a done view of this frame, kind and enhancement budget, or one queued or running;
+        not one that fell back to the machine bitstream); else ``submit``."""
         if kind not in self.kinds:
             raise UnknownViewKind(kind, self.kinds)
         if reuse:
-            found = self.store.reusable_view(frame_id, kind)
+            found = self.store.reusable_view(frame_id, kind, enhancement_bytes)
             if found is not None:
                 self.metrics.views_reused.labels(found.status).inc()
                 return found, True
-        return self.submit(frame_id, kind, priority, deadline_s), False
+        return self.submit(frame_id, kind, priority, deadline_s, enhancement_bytes), False
 
     def submit(
-        self, frame_id: int, kind: str, priority: int = 5, deadline_s: float | None = None
+        self,
+        frame_id: int,
+        kind: str,
+        priority: int = 5,
+        deadline_s: float | None = None,
+        enhancement_bytes: int | None = None,
     ) -> ViewRecord:
-        """Persist a queued job and enqueue it; raises UnknownViewKind, UnknownFrame, QueueFull."""
+        """Persist a queued job and enqueue it; raises UnknownViewKind, UnknownFrame, QueueFull.
+
+        An enhanced job (``enhancement_bytes``) first files its enhancement request, so the
+        camera is asked at once (cloud/store/enhancements.py), not when a worker gets to it."""
         # 1. Check inputs.
         if kind not in self.kinds:
             raise UnknownViewKind(kind, self.kinds)
         if not 0 <= priority <= 9:
             raise ValueError(f"priority {priority} outside 0..9")
-        if self.store.get_frame(frame_id) is None:
+        if (kind == "enhanced") != (enhancement_bytes is not None):
+            raise ValueError("enhancement_bytes goes with kind enhanced, and only there")
+        frame = self.store.get_frame(frame_id)
+        if frame is None:
             raise UnknownFrame(frame_id)
         # 2. Reserve a slot, so concurrent submits cannot overshoot the bound.
         self._reserve()
         # 3. Persist, then enqueue: an enqueued id always has a row.
         created_ns = now_ns()
+        enhancement = (
+            None
+            if enhancement_bytes is None
+            else self.store.enhancements.request(frame, enhancement_bytes, created_ns)
+        )
         view = ViewRecord(
             id=str(uuid.uuid4()),
             frame_id=frame_id,
@@ -168,6 +192,8 @@ class DurableViewQueue:
             created_ns=created_ns,
             priority=priority,
             deadline_ns=None if deadline_s is None else created_ns + round(deadline_s * 1e9),
+            enhancement_bytes=enhancement_bytes,
+            enhancement_id=None if enhancement is None else enhancement.id,
         )
         try:
             self.store.create_view(view)

@@ -7,6 +7,8 @@
                                                                          Uplink thread ═gRPC═► cloud
                                                                          (replay oldest first,
                                                                           reconnect with backoff)
+    each spooled frame's pixels ─► FrameRetention (minutes, on disk) ◄─ EnhancementCoder ◄─
+        EnhancementRequest from the cloud; its answer is spooled and sent like a frame
 
 Live sources stay current under load: a frame older than ``max_frame_age_s`` when
 the encoder reaches it is dropped before encoding ("stale"), and the cloud's
@@ -31,14 +33,16 @@ from dataclasses import dataclass, field
 from codec.bundle import Bundle
 from edge.backoff import Backoff
 from edge.channel import call_metadata, channel_credentials, open_channel
+from edge.enhancements import EnhancementCoder, EnhancementListener
 from edge.frame_encoder import FrameEncoder
 from edge.frame_queue import FrameQueue, start_capture
+from edge.frame_retention import FrameRetention
 from edge.metrics import EdgeMetrics, MetricsServer, serve_metrics
 from edge.rate_control import ActivityMeter, FpsCap, make_rate_controller
 from edge.settings import EdgeSettings
 from edge.sources import CapturedFrame, SourceStats, is_live, open_source
 from edge.spool import Spool
-from edge.uplink import Session, Uplink, UplinkListener
+from edge.uplink import Session, Uplink
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ class AgentReport:
         return self.bytes_encoded / max(self.frames, 1)
 
 
-class _Listener(UplinkListener):
-    def __init__(self, metrics: EdgeMetrics) -> None:
+class _Listener(EnhancementListener):
+    def __init__(self, metrics: EdgeMetrics, enhancements: EnhancementCoder) -> None:
+        super().__init__(enhancements)
         self.metrics = metrics
 
     def on_connected(self, session: Session) -> None:
@@ -132,6 +137,17 @@ def run_agent(
         settings.spool_max_age_s,
         on_drop=dropped,
     )
+    # The retention buffer keeps each frame's pixels for a while: a view may ask for them.
+    retention = FrameRetention(
+        settings.retention_dir or settings.spool_dir / settings.camera_id / "retention",
+        settings.retention_s,
+        int(settings.retention_max_mb * 1e6),
+        max_side=encoder.input_size,
+    )
+    metrics.watch_retention(
+        lambda: retention.frames, lambda: retention.size_bytes, retention.oldest_age_s
+    )
+    enhancements = EnhancementCoder(retention, spool, metrics)
     uplink = Uplink(
         spool,
         settings.camera_id,
@@ -141,7 +157,7 @@ def run_agent(
         max_in_flight=settings.max_in_flight,
         connect_timeout_s=settings.grpc_timeout_s,
         backoff=Backoff(settings.backoff_initial_s, settings.backoff_max_s),
-        listener=_Listener(metrics),
+        listener=_Listener(metrics, enhancements),
     )
     metrics.watch_spool(lambda: spool.size_bytes, lambda: spool.frames)
     uplink.start()
@@ -199,18 +215,20 @@ def run_agent(
                 continue
             now_s = _clock(frame)
             rate.set_hint(uplink.rate_hint)
+            rate.charge(enhancements.take_coded_bytes())
             # A refused frame breaks the chain of P-frames after it: start a new one.
             forced = uplink.take_keyframe_request()
             keyframe = forced or encoder.next_is_keyframe()
             level = rate.choose(now_s, activity(frame.image), keyframe=keyframe)
             encoded = encoder.encode(frame, level, keyframe=forced)
-            spool.append(
+            sequence = spool.append(
                 frame.capture_time_ns,
                 level,
                 encoded.bitstream,
                 source=None if live else settings.source,
                 source_index=frame.index,
             )
+            retention.keep(sequence, frame.image)
             rate.record(now_s, level, len(encoded.bitstream), keyframe=encoded.keyframe)
             metrics.on_encoded(encoded)
             report.frames += 1
@@ -237,6 +255,7 @@ def run_agent(
         report.detections = uplink.stats.detections
         report.spooled_left = spool.frames
         report.stage_ms = {k: v / max(report.frames, 1) for k, v in totals.items()}
+        enhancements.close()
         spool.close()
         if server is not None:
             server.close()

@@ -142,6 +142,26 @@ class EdgeMetrics:
         self.spool_frames = Gauge(
             "fchm_edge_spool_frames", "Frames in the spool (not yet acknowledged)", registry=r
         )
+        self.retention_frames = Gauge(
+            "fchm_edge_retention_frames", "Frames held in the retention buffer", registry=r
+        )
+        self.retention_bytes = Gauge(
+            "fchm_edge_retention_bytes", "Bytes held in the retention buffer", registry=r
+        )
+        self.retention_age = Gauge(
+            "fchm_edge_retention_oldest_seconds",
+            "Age of the oldest frame in the retention buffer (what an enhancement can reach)",
+            registry=r,
+        )
+        self.enhancements = Counter(
+            "fchm_edge_enhancements",
+            "Enhancement requests answered, by outcome (coded, unavailable)",
+            ["outcome"],
+            registry=r,
+        )
+        self.enhancement_bytes = Counter(
+            "fchm_edge_enhancement_bytes", "Enhancement payload bytes coded", registry=r
+        )
         self._window = RateWindow(self.window_s, self.clock)
         self.fps = Gauge(
             "fchm_edge_fps", f"Frames encoded per second, last {self.window_s:g} s", registry=r
@@ -208,6 +228,19 @@ class EdgeMetrics:
     def watch_spool(self, nbytes: Callable[[], float], frames: Callable[[], float]) -> None:
         self.spool_bytes.set_function(nbytes)
         self.spool_frames.set_function(frames)
+
+    def watch_retention(
+        self, frames: Callable[[], float], nbytes: Callable[[], float], age: Callable[[], float]
+    ) -> None:
+        self.retention_frames.set_function(frames)
+        self.retention_bytes.set_function(nbytes)
+        self.retention_age.set_function(age)
+
+    def on_enhancement(self, nbytes: int | None) -> None:
+        """One request answered: ``nbytes`` coded, or None when unavailable."""
+        self.enhancements.labels("unavailable" if nbytes is None else "coded").inc()
+        if nbytes is not None:
+            self.enhancement_bytes.inc(nbytes)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ class RateController(Protocol):
         """The cloud's cap on the level; None lifts it."""
         ...
 
+    def charge(self, nbytes: int) -> None:
+        """Bytes the camera sent besides frames (enhancements): the same budget pays."""
+        ...
+
 
 # ── scene activity ───────────────────────────────────────────────────────────
 
@@ -128,6 +132,9 @@ class FixedRate:
 
     def record(self, now_s: float, level: int, nbytes: int, keyframe: bool = True) -> None:
         pass
+
+    def charge(self, nbytes: int) -> None:
+        pass  # no budget to charge
 
     def set_hint(self, level: int | None) -> None:
         if self.follow_hints:
@@ -265,6 +272,11 @@ class BudgetRate:
     def set_hint(self, level: int | None) -> None:
         if self.follow_hints:
             self.hint = None if level is None else max(0, int(level))
+
+    def charge(self, nbytes: int) -> None:
+        """An enhancement went out: the following frames pay it back, down to level 0
+        (debt beyond the bucket's depth is forgiven there, as for frames)."""
+        self.balance -= nbytes
 
     def _activity_target(self, activity: float | None) -> float:
         """Balance target in [-D/2, D/2]: +D/2 (save) at the camera's noise floor of

@@ -93,6 +93,20 @@ class EdgeSettings(BaseSettings):
         "(cloud unreachable); what is left stays spooled for the next run",
     )
 
+    # ── enhancements (the retention buffer, edge/frame_retention.py) ─────────
+    retention_s: float = Field(
+        120.0,
+        ge=0,
+        description="Keep each encoded frame's pixels this long, so a view can ask for an "
+        "enhancement of it (0: keep none; such views fall back to the machine-only view)",
+    )
+    retention_max_mb: float = Field(
+        512.0, ge=0, description="Retention buffer size bound; oldest frames dropped first"
+    )
+    retention_dir: Path | None = Field(
+        None, description="Retention buffer directory (default: <spool_dir>/<camera>/retention)"
+    )
+
     # ── operations ───────────────────────────────────────────────────────────
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Serve Prometheus metrics on this port"

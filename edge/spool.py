@@ -31,6 +31,21 @@ DropHook = Callable[[str, int], None]
 """(reason, frames) — reason is spool_full, spool_age or rejected."""
 
 
+MAX_ENHANCEMENTS = 256
+"""Unacknowledged enhancements kept; beyond, the oldest go (their views fall back)."""
+
+
+@dataclass(frozen=True)
+class SpooledEnhancement:
+    """The answer to one EnhancementRequest, owed to the cloud until it acks."""
+
+    request_id: str
+    sequence: int
+    payload: bytes
+    unavailable: str
+    """non-empty: no payload, and why (the frame left the retention buffer, …)"""
+
+
 @dataclass(frozen=True)
 class SpooledFrame:
     sequence: int
@@ -70,6 +85,13 @@ class Spool:
                 bitstream BLOB NOT NULL
             );
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS enhancements (
+                request_id TEXT PRIMARY KEY,
+                sequence INTEGER NOT NULL,
+                spooled_ns INTEGER NOT NULL,
+                unavailable TEXT NOT NULL,
+                payload BLOB NOT NULL
+            );
             """
         )
         self._next = int(self._meta("next_sequence") or time.time_ns() // 1000)
@@ -254,6 +276,49 @@ class Spool:
                 self.on_drop(drop_reason, 1)
             self.changed.notify_all()
         return True
+
+    # ── enhancements (edge/enhancements.py): durable like frames, few and on demand ──
+    def append_enhancement(self, enhancement: SpooledEnhancement) -> bool:
+        """Store an answer durably; False when this request was answered already."""
+        e = enhancement
+        with self.changed:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO enhancements VALUES (?, ?, ?, ?, ?)",
+                (e.request_id, e.sequence, time.time_ns(), e.unavailable, e.payload),
+            )
+            if cursor.rowcount:
+                self._db.execute(
+                    "DELETE FROM enhancements WHERE request_id IN (SELECT request_id FROM "
+                    "enhancements ORDER BY spooled_ns DESC LIMIT -1 OFFSET ?)",
+                    (MAX_ENHANCEMENTS,),
+                )
+            self.changed.notify_all()
+        return bool(cursor.rowcount)
+
+    def has_enhancement(self, request_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM enhancements WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return row is not None
+
+    def pending_enhancements(self, exclude: set[str], limit: int) -> list[SpooledEnhancement]:
+        """Unacknowledged answers not in ``exclude`` (in flight), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, sequence, payload, unavailable FROM enhancements "
+                "ORDER BY spooled_ns"
+            ).fetchall()
+        out = [SpooledEnhancement(r, int(q), bytes(p), u) for r, q, p, u in rows]
+        return [e for e in out if e.request_id not in exclude][:limit]
+
+    def ack_enhancement(self, request_id: str) -> bool:
+        with self.changed:
+            cursor = self._db.execute(
+                "DELETE FROM enhancements WHERE request_id = ?", (request_id,)
+            )
+            self.changed.notify_all()
+        return bool(cursor.rowcount)
 
     def wait_empty(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

@@ -1,8 +1,10 @@
 """The edge's uplink: drains the spool to the cloud, one gRPC stream at a time.
 
     Spool ─► request iterator: Hello, then unacked frames oldest first (≤ max_in_flight)
-      ▲                                                              │ gRPC stream
-      └─ ack(seq) ◄── reader: Welcome, Ack, RateHint ◄───────────────┘
+      ▲        and unacked enhancements (before frames: a person waits for those)
+      │                                                              │ gRPC stream
+      └─ ack(seq) ◄── reader: Welcome, Ack, RateHint, EnhancementAck ◄┘
+                          EnhancementRequest ─► on_enhancement_request (edge/enhancements.py)
 
 A broken stream (link cut, cloud restarted) ends the session; the next session
 replays everything still in the spool, after an exponential backoff with jitter.
@@ -82,11 +84,16 @@ class UplinkListener:
 
     def on_acked(self, sequence: int, nbytes: int, duplicate: bool) -> None: ...
 
+    def on_enhancement_request(self, request_id: str, sequence: int, byte_budget: int) -> None:
+        """The cloud asks to code frame ``sequence`` again at a budget; the default refuses
+        nothing and codes nothing (an agent without a retention buffer never answers)."""
+
 
 @dataclass
 class _SessionState:
     closed: bool = False
     in_flight: dict[int, int] = field(default_factory=dict)  # sequence → bytes
+    enhancements_in_flight: set[str] = field(default_factory=set)  # request ids
 
 
 class Uplink:
@@ -309,14 +316,25 @@ class Uplink:
             with self.spool.changed:
                 while not state.closed and not self._stopping.is_set():
                     room = self.max_in_flight - len(state.in_flight)
+                    answers = self.spool.pending_enhancements(state.enhancements_in_flight, 4)
                     batch = self.spool.pending(last, room) if room > 0 else []
-                    if batch:
+                    if batch or answers:
                         break
                     self.spool.changed.wait(0.5)
                 if state.closed or self._stopping.is_set():
                     return
                 for frame in batch:
                     state.in_flight[frame.sequence] = len(frame.bitstream)
+                state.enhancements_in_flight.update(a.request_id for a in answers)
+            for answer in answers:
+                yield ingest_pb2.UplinkMessage(
+                    enhancement=ingest_pb2.Enhancement(
+                        request_id=answer.request_id,
+                        sequence=answer.sequence,
+                        payload=answer.payload,
+                        unavailable=answer.unavailable,
+                    )
+                )
             for frame in batch:
                 last = frame.sequence
                 self.listener.on_sent(frame.sequence, len(frame.bitstream))
@@ -349,3 +367,14 @@ class Uplink:
             )  # fmt: skip
             self.rate_hint = hint.rate_level
             self.max_fps_hint = hint.max_fps if hint.max_fps > 0 else None
+        elif kind == "enhancement_request":
+            r = message.enhancement_request
+            log.info("cloud asks for an enhancement of frame %d (%d B)", r.sequence, r.byte_budget)
+            self.listener.on_enhancement_request(r.request_id, r.sequence, r.byte_budget)
+        elif kind == "enhancement_ack":
+            a = message.enhancement_ack
+            if a.error:
+                log.error("cloud refused enhancement %s: %s; dropping it", a.request_id, a.error)
+            with self.spool.changed:
+                state.enhancements_in_flight.discard(a.request_id)
+                self.spool.ack_enhancement(a.request_id)

@@ -414,6 +414,14 @@ def model_eval(
         ),
     ] = None,
     diffusion_steps: Annotated[int, typer.Option(help="--human: diffusion steps")] = 4,
+    enhanced_bytes: Annotated[
+        str | None,
+        typer.Option(
+            help="--human: total bytes per frame of the enhanced rows (machine bitstream + "
+            "enhancement), comma-separated; 'none': no enhanced rows "
+            "[default: 4000,8000,16000,32000]"
+        ),
+    ] = None,
 ) -> None:
     """Bytes vs detection fidelity: the bundle's codec, JPEG/WebP/AVIF, H.264/H.265, same frames."""
     from model.eval_report import markdown, write_json
@@ -423,7 +431,7 @@ def model_eval(
     if human:
         _human_eval(
             bundle, json_out, images, video, fps, frames, weights, grid, extra_preview or [],
-            levels, diffusion_prior, diffusion_steps,
+            levels, diffusion_prior, diffusion_steps, enhanced_bytes,
         )  # fmt: skip
         return
     if plot is not None and plot.suffix.lower() != ".png":
@@ -473,9 +481,16 @@ def _human_eval(
     levels: str | None,
     diffusion_prior: Path | None = None,
     diffusion_steps: int = 4,
+    enhanced_bytes: str | None = None,
 ) -> None:
     from cloud.restorers import RestorerOptions
-    from model.human_eval import HumanEvalConfig, evaluate_human, markdown_table, write_human_json
+    from model.human_eval import (
+        ENHANCED_BYTES,
+        HumanEvalConfig,
+        evaluate_human,
+        markdown_table,
+        write_human_json,
+    )
 
     if grid is not None and grid.suffix.lower() != ".png":
         raise fail(f"--grid: {grid} must end in .png")
@@ -489,6 +504,14 @@ def _human_eval(
         chosen = None if levels is None else tuple(int(v) for v in levels.split(","))
     except ValueError:
         raise fail(f"--levels: {levels!r} is not comma-separated integers") from None
+    budgets: tuple[int, ...] = ENHANCED_BYTES
+    if enhanced_bytes is not None:
+        try:
+            budgets = () if enhanced_bytes == "none" else tuple(map(int, enhanced_bytes.split(",")))
+        except ValueError:
+            raise fail(
+                f"--enhanced-bytes: {enhanced_bytes!r} is not comma-separated integers"
+            ) from None
     try:
         result = evaluate_human(
             HumanEvalConfig(
@@ -496,7 +519,7 @@ def _human_eval(
                 extra_previews=tuple(extras), grid=grid, weights=weights, levels=chosen,
                 views=("preview", "diffusion") if diffusion_prior else None,
                 restorers=RestorerOptions(diffusion_prior, diffusion_steps)
-                if diffusion_prior else None,
+                if diffusion_prior else None, enhanced_bytes=budgets,
             )
         )  # fmt: skip
         write_human_json(result, json_out)

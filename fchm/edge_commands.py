@@ -35,6 +35,10 @@ def edge_run(
         typer.Option(help="A keyframe every N frames, P-frames between (1: keyframes only)"),
     ] = None,
     spool_dir: Annotated[Path | None, typer.Option(help="Durable spool directory")] = None,
+    retention_s: Annotated[
+        float | None,
+        typer.Option(help="Keep frames' pixels this long for enhanced views (0: none)"),
+    ] = None,
 ) -> None:
     """Stream a source to the cloud as compressed detector features.
 
@@ -69,6 +73,7 @@ def edge_run(
             budget_kbps=budget_kbps,
             keyframe_interval=keyframe_interval,
             spool_dir=spool_dir,
+            retention_s=retention_s,
         )
         if settings.log_format == "json":  # the agent's YAML/env may ask for JSON logs
             setup_logging(logging.getLogger().level, "json")

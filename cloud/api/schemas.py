@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, model_validator
 
 from cloud.api.params import INT64_MAX, Bucket, iso_utc, optional_iso
 from cloud.restorers import RESTORERS
@@ -23,6 +23,7 @@ from cloud.store.records import (
     FrameRecord,
     ViewRecord,
 )
+from codec.enhancement import MIN_BUDGET_BYTES
 
 # ── errors ───────────────────────────────────────────────────────────────────
 
@@ -85,7 +86,12 @@ class CameraStatus(BaseModel):
     rate_level: int | None = Field(description="Rate level of its newest frame")
     window_s: float = Field(description="The recent window `fps` and `kbit_s` cover")
     fps: float = Field(description="Frames per second captured in the window")
-    kbit_s: float = Field(description="Bitstream kbit/s (1000 bit) in the window")
+    kbit_s: float = Field(
+        description="kbit/s (1000 bit) in the window: bitstreams plus enhancements"
+    )
+    enhancement_kbit_s: float = Field(
+        description="Of kbit_s, what on-demand enhancements (enhanced views) took"
+    )
 
     @int64_twin("last_frame_ns")  # type: ignore[prop-decorator]
     @property
@@ -102,7 +108,8 @@ class CameraStatus(BaseModel):
             rate_level=a.rate_level,
             window_s=window_s,
             fps=round(a.frames / window_s, 3),
-            kbit_s=round(a.num_bytes * 8 / 1000 / window_s, 3),
+            kbit_s=round((a.num_bytes + a.enhancement_bytes) * 8 / 1000 / window_s, 3),
+            enhancement_kbit_s=round(a.enhancement_bytes * 8 / 1000 / window_s, 3),
         )
 
 
@@ -328,6 +335,8 @@ class FramePage(BaseModel):
 
 # ── views ────────────────────────────────────────────────────────────────────
 
+MAX_ENHANCEMENT_BYTES = 1_000_000
+
 
 class ViewStatus(StrEnum):
     queued = "queued"
@@ -384,6 +393,20 @@ class ViewRequest(BaseModel):
         description="Answer with an existing job of this frame and kind (done: 200 with the "
         "cached view; queued or running: 200 with that job) instead of queuing another",
     )
+    enhancement_bytes: int | None = Field(
+        None,
+        ge=MIN_BUDGET_BYTES,
+        le=MAX_ENHANCEMENT_BYTES,
+        description="Kind `enhanced` only (required there): the byte budget of the enhancement "
+        "the camera codes from the pixels it retained, on top of the frame's machine bitstream "
+        "(both are counted in the view's bytes_used and in the camera's bandwidth)",
+    )
+
+    @model_validator(mode="after")
+    def _enhancement_bytes(self) -> ViewRequest:
+        if (self.kind == "enhanced") != (self.enhancement_bytes is not None):
+            raise ValueError("enhancement_bytes is required for kind enhanced, and only there")
+        return self
 
 
 class ViewLinks(BaseModel):
@@ -418,6 +441,14 @@ class ViewOut(BaseModel):
         "the long side is at most view_max_side"
     )
     height: int | None = Field(description="Height of the rendered image (status done)")
+    enhancement_bytes: int | None = Field(
+        description="Kind enhanced: the enhancement's byte budget"
+    )
+    fallback: str | None = Field(
+        description="Set when the view was rendered from the machine bitstream alone although "
+        "more was asked (kind enhanced: the camera was offline, or no longer held the frame), "
+        "and why"
+    )
     links: ViewLinks
 
     @int64_twin("frame_id")  # type: ignore[prop-decorator]
@@ -467,6 +498,8 @@ class ViewOut(BaseModel):
             deadline_ns=v.deadline_ns,
             width=v.width,
             height=v.height,
+            enhancement_bytes=v.enhancement_bytes,
+            fallback=v.fallback,
             links=ViewLinks(
                 self=f"/v1/views/{v.id}",
                 image=f"/v1/views/{v.id}/image",

@@ -67,8 +67,9 @@ def create_view(
     frame_id = _resolve_frame(body, store, key)
     try:
         view, reused = views.request(
-            frame_id, body.kind, body.priority, body.deadline_s, body.reuse
-        )
+            frame_id, body.kind, body.priority, body.deadline_s, body.reuse,
+            enhancement_bytes=body.enhancement_bytes,
+        )  # fmt: skip
     except UnknownViewKind as exc:
         raise _bad_kind(exc) from exc
     except UnknownFrame as exc:

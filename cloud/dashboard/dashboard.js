@@ -7,6 +7,8 @@
 
 const POLL_MS = 3000; // cameras, timeline and detections
 const VIEW_POLL_MS = 400; // a view job until it is done or failed
+const ENHANCED = "enhanced"; // the view kind the camera sends its own pixels for
+const ENHANCEMENT_BYTES = 16000; // its budget, on top of the frame's machine bitstream
 const KEY_STORAGE = "fchm.apiKey";
 const NS_PER_S = 1_000_000_000n;
 const PALETTE = ["#2563eb", "#e11d48", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777"];
@@ -388,20 +390,39 @@ async function selectDetection(detection) {
   }
 }
 
-/** POST /v1/views, then poll the job until it is done (fetch the PNG) or failed. */
+/** POST /v1/views, then poll the job until it is done (fetch the PNG) or failed. A refined
+ * kind's preview is shown as soon as the worker has stored it, while the job runs on. */
 async function requestView(job, kind) {
-  Object.assign(job, { history: [], error: null, view: null });
+  Object.assign(job, { history: [], error: null, view: null, stage: null });
   if (job.imageUrl) URL.revokeObjectURL(job.imageUrl);
   job.imageUrl = null;
   renderJob();
   const body = { frame_id: job.detection.frame_id_str, kind };
+  if (kind === ENHANCED) body.enhancement_bytes = ENHANCEMENT_BYTES;
   track(job, await api("/v1/views", { method: "POST", body }));
   while (state.job === job && !["done", "failed"].includes(job.view.status)) {
     await sleep(VIEW_POLL_MS);
     track(job, await api(`/v1/views/${job.view.id}`));
+    if (job.view.status === "running" && !job.imageUrl && job.view.links.preview) {
+      await showPreview(job);
+    }
   }
   if (state.job !== job || job.view.status !== "done") return;
-  job.imageUrl = URL.createObjectURL(await api(job.view.links.image, { blob: true }));
+  showImage(job, await api(job.view.links.image, { blob: true }), "final");
+}
+
+async function showPreview(job) {
+  try {
+    showImage(job, await api(job.view.links.preview, { blob: true }), "preview");
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 409)) throw err; // 409: not stored yet
+  }
+}
+
+function showImage(job, blob, stage) {
+  if (job.imageUrl) URL.revokeObjectURL(job.imageUrl);
+  job.imageUrl = URL.createObjectURL(blob);
+  job.stage = stage;
   renderJob();
 }
 
@@ -418,8 +439,11 @@ function failJob(job, err) {
   if (state.job === job) renderJob();
 }
 
+/** The next reconstruction kind (enhanced is asked of the camera: its own button). */
 function nextKind(view) {
-  return view && state.kinds[state.kinds.indexOf(view.kind) + 1];
+  const kinds = state.kinds.filter((k) => k !== ENHANCED);
+  const at = view ? kinds.indexOf(view.kind) : -1;
+  return at < 0 ? undefined : kinds[at + 1];
 }
 
 function renderJob() {
@@ -433,6 +457,10 @@ function renderJob() {
   refine.title = state.kinds.length > 1
     ? "Request a refined view of this frame"
     : `This cloud offers one view kind (${state.kinds.join(", ")}); refined views come later`;
+  const enhance = $("enhance");
+  enhance.hidden = !state.kinds.includes(ENHANCED);
+  enhance.disabled = !(job && job.frame) || Boolean(job.view && job.view.kind === ENHANCED &&
+    !["done", "failed"].includes(job.view.status));
   if (!job) return;
   const d = job.detection;
   $("view-title").replaceChildren(labelChip(d.label),
@@ -456,10 +484,18 @@ function renderJob() {
     `The view failed: ${job.view.error || "no reason given"}`);
   $("view-error").textContent = error || "";
   $("view-error").hidden = !error;
+  const fallback = job.view && job.view.status === "done" && job.view.fallback;
+  $("view-fallback").textContent = fallback
+    ? `Shown from the machine bitstream alone: ${job.view.fallback}` : "";
+  $("view-fallback").hidden = !fallback;
   $("view-stage").hidden = !job.imageUrl;
+  $("view-stage").dataset.stage = job.stage || "";
+  $("stage-note").hidden = job.stage !== "preview";
   if (job.imageUrl) {
     $("view-image").src = job.imageUrl;
-    drawOverlay(job);
+    // The boxes need the view's size, which the job reports once done.
+    $("view-overlay").hidden = !job.view.width;
+    if (job.view.width) drawOverlay(job);
   }
 }
 
@@ -515,6 +551,10 @@ function start() {
     connect($("api-key").value.trim());
   });
   $("sign-out").addEventListener("click", () => signOut());
+  $("enhance").addEventListener("click", () => {
+    const job = state.job;
+    if (job && job.frame) requestView(job, ENHANCED).catch((err) => failJob(job, err));
+  });
   $("refine").addEventListener("click", () => {
     const job = state.job;
     const kind = job && nextKind(job.view);

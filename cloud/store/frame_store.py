@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from cloud.detector_tail import Detection
 from cloud.store.blobs import BlobStore, LocalBlobStore
+from cloud.store.enhancements import EnhancementStore
 from cloud.store.frame_rows import (
     SequenceReused,
     insert_detections,
@@ -114,6 +115,7 @@ class FrameStore:
         self.engine = engine
         self.blobs = blobs
         migrate(engine)  # create, or upgrade what an older release made
+        self.enhancements = EnhancementStore(engine, blobs)
 
     @classmethod
     def open(cls, database_url: str, blobs: BlobStore | Path) -> FrameStore:
@@ -165,6 +167,18 @@ class FrameStore:
                 select(func.max(frames.c.sequence)).where(frames.c.camera_id == camera_id)
             ).scalar()
         return 0 if top is None else int(top) + 1
+
+    def touch_cameras(self, camera_ids: Sequence[str], t: int) -> None:
+        """Cameras whose stream is open here were heard from at ``t`` (presence: an idle
+        camera that is connected is online, and its enhanced views wait for it)."""
+        if not camera_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(cameras)
+                .where(cameras.c.camera_id.in_(list(camera_ids)), cameras.c.last_seen_ns < t)
+                .values(last_seen_ns=t)
+            )
 
     def list_cameras(self, camera_id: str | None = None) -> list[CameraRecord]:
         """Every camera (or just ``camera_id``) in id order, with its frame count."""
@@ -365,6 +379,7 @@ class FrameStore:
                         rate_level=None if newest is None else newest.rate_level,
                         frames=int(n),
                         num_bytes=int(total),
+                        enhancement_bytes=self.enhancements.bytes_since(camera_id, since),
                     )
                 )
         return out
@@ -402,17 +417,27 @@ class FrameStore:
         with self.engine.connect() as conn:
             return [ViewRecord(**row._mapping) for row in conn.execute(query)]
 
-    def reusable_view(self, frame_id: int, kind: str) -> ViewRecord | None:
-        """A job that answers a new request for this frame and kind: its newest done view
-        (a cached result), else one queued or running (the same work, pending)."""
+    def reusable_view(
+        self, frame_id: int, kind: str, enhancement_bytes: int | None = None
+    ) -> ViewRecord | None:
+        """A job that answers a new request for this frame, kind and enhancement budget:
+        its newest done view (a cached result; not one that fell back), else one queued or
+        running (the same work, pending)."""
         v = views.c
         rank = case((v.status == "done", 0), else_=1)
+        budget = (
+            v.enhancement_bytes.is_(None)
+            if enhancement_bytes is None
+            else v.enhancement_bytes == enhancement_bytes
+        )
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(views)
                 .where(
                     v.frame_id == frame_id,
                     v.kind == kind,
+                    budget,
+                    v.fallback.is_(None),
                     v.status.in_(("done", "queued", "running")),
                 )
                 .order_by(rank, v.created_ns.desc())

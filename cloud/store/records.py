@@ -77,6 +77,11 @@ def view_image_key(view_id: str) -> str:
     return f"views/{view_id}.png"
 
 
+def enhancement_key(request_id: str) -> str:
+    """Where an enhancement's payload (AVIF or WebP) is kept in the blob store."""
+    return f"enhancements/{request_id}"
+
+
 def view_preview_key(view_id: str) -> str:
     """Where a refined view job keeps the preview it showed first (kinds other than
     preview: the worker renders the preview, then the refined image)."""
@@ -108,6 +113,30 @@ class ViewRecord:
     """the worker rendering it (status running)"""
     lease_until_ns: int | None = None
     """the worker holds the job until then; renewed while it renders"""
+    enhancement_bytes: int | None = None
+    """enhanced views: the enhancement's byte budget"""
+    enhancement_id: str | None = None
+    """enhanced views: the request (cloud/store/enhancements.py) it waits for"""
+    fallback: str | None = None
+    """why this view was rendered from the machine bitstream alone (an enhanced view whose
+    enhancement did not come)"""
+
+
+@dataclass(frozen=True)
+class EnhancementRecord:
+    id: str
+    frame_id: int
+    camera_id: str
+    sequence: int
+    byte_budget: int
+    status: str
+    """requested | stored | unavailable"""
+    requested_ns: int
+    sent_ns: int | None = None
+    finished_ns: int | None = None
+    reason: str | None = None
+    blob_key: str | None = None
+    num_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +153,8 @@ class CameraActivity:
     """frames captured in the window"""
     num_bytes: int
     """bitstream bytes of those frames"""
+    enhancement_bytes: int = 0
+    """enhancement bytes stored in the window (on-demand; counted in the bandwidth)"""
 
 
 @dataclass(frozen=True)

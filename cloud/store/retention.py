@@ -5,8 +5,9 @@ blobs, deleted in short transactions.
         ─► walk F0's references back to its keyframe K (bitstream headers)
         ─► expired: sequence < K.sequence and captured before the cutoff
         ─► batches of ``batch`` frames, by sequence:
-             one transaction: views (not running) ─► detections ─► frames ─► commit
-             ─► then their blobs: bitstreams, view images (a missing one is fine)
+             one transaction: views (not running) ─► detections, enhancements ─► frames
+             ─► commit ─► then their blobs: bitstreams, enhancement payloads, view images
+             (a missing one is fine)
 
 Keyframe rule: the cutoff moves back to K, so every kept frame still decodes from its
 keyframe (cloud/latent_references.py walks the same chain). That relies on what the edge
@@ -38,7 +39,7 @@ from sqlalchemy.engine import Connection
 from cloud.store.blobs import BlobStore
 from cloud.store.frame_store import FrameStore
 from cloud.store.records import FrameRecord, view_preview_key
-from cloud.store.schema import cameras, detections, frames, views
+from cloud.store.schema import cameras, detections, enhancements, frames, views
 from codec.bitstream import MAX_CHAIN, BitstreamError, FrameBitstream
 
 log = logging.getLogger(__name__)
@@ -238,20 +239,27 @@ def _delete_batch(
         ).all()
         held = set(conn.execute(select(v.frame_id).where(v.frame_id.in_(ids))).scalars())
         gone = [i for i in ids if i not in held]
-        n_detections, bitstreams = _delete_frames(conn, gone) if gone else (0, [])
-    keys = [*bitstreams, *(r.image_key for r in images if r.image_key is not None)]
+        n_detections, bitstreams, payloads = _delete_frames(conn, gone) if gone else (0, [], [])
+    keys = [*bitstreams, *payloads, *(r.image_key for r in images if r.image_key is not None)]
     # A refined view's first preview (deleting a missing one is fine, and counts).
     keys += [view_preview_key(r.id) for r in images if r.kind != "preview"]
     deleted = Deleted(len(bitstreams), n_detections, len(images), delete_blobs(store.blobs, keys))
     return deleted, len(held), len(picked), int(picked[-1].sequence)
 
 
-def _delete_frames(conn: Connection, ids: list[int]) -> tuple[int, list[str]]:
+def _delete_frames(conn: Connection, ids: list[int]) -> tuple[int, list[str], list[str]]:
+    """Detections, enhancements and rows of these frames: (detections, the frames' bitstream
+    keys, their enhancements' payload keys) — the blobs to delete after the commit."""
     n = conn.execute(delete(detections).where(detections.c.frame_id.in_(ids))).rowcount
+    e = enhancements.c
+    payloads = conn.execute(
+        delete(enhancements).where(e.frame_id.in_(ids)).returning(e.blob_key)
+    ).scalars()
+    extra = [k for k in payloads if k is not None]
     keys = conn.execute(
         delete(frames).where(frames.c.id.in_(ids)).returning(frames.c.bitstream_key)
     ).scalars()
-    return int(n), list(keys)
+    return int(n), list(keys), extra
 
 
 def delete_blobs(blobs: BlobStore, keys: list[str]) -> int:

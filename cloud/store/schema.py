@@ -101,9 +101,37 @@ views = Table(
     # worker, and any process re-queues the job (cloud/view_queue.py).
     Column("worker", String(128)),
     Column("lease_until_ns", BigInteger),
+    # Enhanced views: the enhancement's byte budget, the request it waits for, and why the
+    # view was rendered from the machine bitstream alone when it was (done, no enhancement).
+    Column("enhancement_bytes", Integer),
+    Column("enhancement_id", String(36)),
+    Column("fallback", Text),
     Index("ix_views_status", "status", "created_ns"),
     Index("ix_views_frame", "frame_id"),
     Index("ix_views_created", "created_ns", "id"),
+)
+
+# On-demand enhancements (cloud/store/enhancements.py): a frame coded again by its edge,
+# from the pixels it retained, at a byte budget; sent down the camera's stream until
+# answered. One per (frame, budget): a second view at the same budget shares it.
+enhancements = Table(
+    "enhancements",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("frame_id", Id, ForeignKey("frames.id"), nullable=False),
+    Column("camera_id", String(128), nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("byte_budget", Integer, nullable=False),
+    Column("status", String(16), nullable=False),  # requested | stored | unavailable
+    Column("requested_ns", BigInteger, nullable=False),
+    Column("sent_ns", BigInteger),  # last sent down a stream (again on every new stream)
+    Column("finished_ns", BigInteger),
+    Column("reason", Text),  # unavailable: the edge's why
+    Column("blob_key", String(256)),
+    Column("num_bytes", Integer),
+    UniqueConstraint("frame_id", "byte_budget", name="uq_enhancements_frame_budget"),
+    Index("ix_enhancements_status_camera", "status", "camera_id"),
+    Index("ix_enhancements_camera_finished", "camera_id", "finished_ns"),
 )
 
 # REST API keys (cloud/store/api_keys.py). Only the sha256 of a key is stored; the key

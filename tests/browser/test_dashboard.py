@@ -67,7 +67,8 @@ class Site:
 def site(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("dashboard")
     # Online for 10 min: a slow machine must not see the live camera go offline mid-test.
-    settings = cloud_settings(tiny_bundle, root, camera_online_after_s=600)
+    # No edge is connected: an enhanced view of the live camera waits 3 s, then falls back.
+    settings = cloud_settings(tiny_bundle, root, camera_online_after_s=600, enhancement_wait_s=3)
     cloud = RunningCloud(settings)
     store = FrameStore.open(settings.resolved_database_url(), settings.data_dir / "blobs")
     maker = FrameMaker(tiny_bundle)
@@ -218,6 +219,31 @@ def test_timeline_then_a_detection_viewed_with_its_box(page: Any, site: Site) ->
     page.click(".chart rect.bar >> nth=0")
     page.wait_for_selector("#filter-note:not([hidden])")
     shot(page, "07-bucket-filter")
+
+
+def test_an_enhanced_view_shows_its_preview_first_then_why_it_fell_back(
+    page: Any, site: Site
+) -> None:
+    sign_in(page, site.cloud.api_key)
+    page.click(f'[data-camera="{LIVE}"]')
+    page.wait_for_selector("#detection-rows tr.detection")
+    page.click("#detection-rows tr.detection >> nth=1")
+    page.wait_for_selector('#view-panel[data-status="done"]')
+    assert page.inner_text("#enhance") == "Enhance from camera"
+    page.click("#enhance")
+    # The worker stores the preview first; the page shows it while the job still runs.
+    page.wait_for_selector('#view-stage[data-stage="preview"]')
+    assert page.get_attribute("#view-panel", "data-status") == "running"
+    assert page.is_visible("#stage-note") and page.is_disabled("#enhance")
+    shot(page, "06c-enhance-preview-first")
+    page.wait_for_selector('#view-stage[data-stage="final"]')
+    assert page.get_attribute("#view-panel", "data-status") == "done"
+    note = page.inner_text("#view-fallback")
+    assert f"no enhancement from camera {LIVE} within 3 s" in note, note
+    assert "enhanced" in page.inner_text("#view-meta") and page.is_hidden("#stage-note")
+    assert page.is_disabled("#refine")  # the camera's pixels have no refinement
+    assert page.is_visible("#view-overlay rect.chosen")
+    shot(page, "06d-enhance-fell-back")
 
 
 def test_a_failed_view_says_why(page: Any, site: Site) -> None:

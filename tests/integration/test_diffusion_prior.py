@@ -176,7 +176,7 @@ def test_eval_human_judges_the_diffusion_view_from_a_local_prior(
         tiny_learned_bundle, tiny_checkpoint, tmp_path, "--levels", "6",
         "--diffusion-prior", str(prior), "--diffusion-steps", "2",
     )  # fmt: skip
-    assert {r["view"] for r in rows} == {"preview", "diffusion", "jpeg", "webp"}
+    assert {r["view"] for r in rows} == {"preview", "diffusion", "jpeg", "webp", "enhanced"}
     diffusion = next(r for r in rows if r["view"] == "diffusion")
     preview = next(r for r in rows if r["view"] == "preview")
     # The same machine bitstream under both views; the prior's time is its own.

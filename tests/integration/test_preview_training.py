@@ -144,9 +144,10 @@ def test_human_eval_rows_and_grid(
     rows = human_eval_rows(
         tiny_learned_bundle, tiny_checkpoint, tmp_path, "--grid", str(tmp_path / "grid.png"),
         "--extra-preview", f"trained={trained}", "--levels", "0,6,12",
+        "--enhanced-bytes", "4000,32000",
     )  # fmt: skip
     views = {r["view"] for r in rows}
-    assert views == {"preview", "trained", "jpeg", "webp"}
+    assert views == {"preview", "trained", "jpeg", "webp", "enhanced"}
     for row in rows:
         assert {
             "view",
@@ -168,11 +169,62 @@ def test_human_eval_rows_and_grid(
     for (view, setting), row in by.items():
         if view in ("jpeg", "webp"):
             floor = code_image(view, photo, 1).nbytes
-            budget = by[("preview", setting)]["bytes_per_frame"]
+            if setting.startswith("B "):
+                budget = int(setting.split()[-1])
+            else:
+                budget = by[("preview", setting)]["bytes_per_frame"]
             assert row["bytes_per_frame"] <= max(budget, floor)
+    # The enhanced view at each total budget B (--enhanced-bytes), beside JPEG and WebP at
+    # the same B: level 0's bitstream plus an enhancement, held to B in all.
+    machine = by[("preview", "level 0")]["bytes_per_frame"]
+    assert {s for v, s in by if v == "enhanced"} == {"B 4000", "B 32000"}
+    for budget in (4000, 32000):
+        row = by[("enhanced", f"B {budget}")]
+        assert {"edge_ms_per_frame", "fallback_frames", "feature_distance"} <= set(row)
+        assert ("jpeg", f"B {budget}") in by and ("webp", f"B {budget}") in by
+        assert row["fallback_frames"] == 0 and row["frames"] == 1
+        assert machine < row["bytes_per_frame"] <= budget
+        assert 0 < row["ms_ssim"] <= 1 and row["map50"] is not None
+        assert row["edge_ms_per_frame"] > 0 and row["ms_per_frame"] > 0
+    assert by[("enhanced", "B 32000")]["psnr"] > by[("enhanced", "B 4000")]["psnr"]
+    # The served enhanced kind wants a payload: no rows of the machine bitstream alone.
+    assert not [s for v, s in by if v == "enhanced" and not s.startswith("B ")]
 
     grid = cv2.imread(str(tmp_path / "grid.png"))
     assert grid is not None and grid.shape[1] > 4 * 200
+
+
+def test_enhanced_view_falls_back_to_the_preview_where_no_enhancement_fits(
+    tiny_learned_bundle: Bundle, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A budget under the machine bytes + MIN_BUDGET_BYTES buys no enhancement: the frame is
+    the preview at level 0's bytes, counted in fallback_frames; the table lists budgets
+    after levels."""
+    from model.human_eval import HumanEvalConfig, evaluate_human, markdown_table
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(sample_images()[1], images)
+    result = evaluate_human(
+        HumanEvalConfig(
+            bundle=tiny_learned_bundle.path, images=images, levels=(0, 2), views=("preview",),
+            weights=tiny_checkpoint, enhanced_bytes=(100, 6000), threads=1,
+        )
+    )  # fmt: skip
+    by = {(r["view"], r["setting"]): r for r in result["rows"]}
+    preview = by[("preview", "level 0")]
+    starved, fed = by[("enhanced", "B 100")], by[("enhanced", "B 6000")]
+    assert starved["fallback_frames"] == 1 and fed["fallback_frames"] == 0
+    assert starved["bytes_per_frame"] == preview["bytes_per_frame"]
+    assert starved["psnr"] == pytest.approx(preview["psnr"])
+    assert preview["bytes_per_frame"] < fed["bytes_per_frame"] <= 6000
+    assert fed["psnr"] > preview["psnr"]
+    assert preview["edge_ms_per_frame"] is None and preview["fallback_frames"] is None
+    assert result["meta"]["enhanced_bytes"] == [100, 6000]
+    table = markdown_table(result).splitlines()
+    settings = [line.split(" | ")[1] for line in table[2:]]
+    assert settings == sorted(settings, key=lambda s: (s.startswith("B"), int(s.split()[-1])))
+    assert any("| enhanced | B 100 |" in line and "| 1/1 |" in line for line in table)
 
 
 def _exported(checkpoint: Path, bundle: Bundle, tmp_path: Path) -> Path:
@@ -193,3 +245,9 @@ def test_bad_extra_preview_is_refused_by_name(tiny_learned_bundle: Bundle, tmp_p
     )  # fmt: skip
     assert result.exit_code != 0
     assert "--extra-preview" in result.output
+    result = CliRunner().invoke(
+        app,
+        ["model", "eval", "--human", "--bundle", str(tiny_learned_bundle.path), "--images",
+         str(tmp_path), "--json", str(tmp_path / "h.json"), "--enhanced-bytes", "4k"],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "--enhanced-bytes: '4k'" in result.output

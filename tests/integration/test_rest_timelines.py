@@ -219,7 +219,8 @@ def test_openapi_lists_enums_and_the_frame_rule(site: Site) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["ViewStatus"]["enum"] == ["queued", "running", "done", "failed"]
     assert schemas["Bucket"]["enum"] == [b.value for b in Bucket]
-    assert schemas["ViewRequest"]["properties"]["kind"]["enum"] == ["preview", "diffusion"]
+    kinds = schemas["ViewRequest"]["properties"]["kind"]["enum"]
+    assert kinds == ["preview", "diffusion", "enhanced"]
     assert "**either** `frame_id`" in schemas["ViewRequest"]["description"]
     assert {"get", "delete"} <= set(doc["paths"]["/v1/views/{view_id}"])
     assert "get" in doc["paths"]["/v1/detections/counts"]

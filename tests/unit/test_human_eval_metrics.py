@@ -38,3 +38,27 @@ def test_pixel_codecs_are_held_to_the_byte_budget() -> None:
         assert nbytes <= 6000 and decoded.shape == bgr.shape
         bigger, _, _ = _at_bytes(codec, bgr, 20000)
         assert nbytes < bigger <= 20000
+
+
+def test_markdown_lists_levels_then_total_budgets_with_fallbacks() -> None:
+    from model.human_eval import markdown_table
+
+    def row(view: str, setting: str, **extra: object) -> dict[str, object]:
+        base = {"view": view, "setting": setting, "bytes_per_frame": 1000.0, "psnr": 20.0,
+                "ms_ssim": 0.5, "map50": None, "feature_distance": 0.5, "ms_per_frame": 1.0,
+                "frames": 4}  # fmt: skip
+        return {**base, **extra}
+
+    rows = [
+        row("enhanced", "B 16000", edge_ms_per_frame=80.0, fallback_frames=1),
+        row("webp", "B 4000"),
+        row("preview", "level 10"),
+        row("enhanced", "B 4000", edge_ms_per_frame=70.0, fallback_frames=0),
+        row("preview", "level 2"),  # rows of an older JSON: no edge time, no fallbacks
+    ]
+    lines = markdown_table({"rows": rows}).splitlines()[2:]
+    assert [line.split(" | ")[:2] for line in lines] == [
+        ["| preview", "level 2"], ["| preview", "level 10"], ["| enhanced", "B 4000"],
+        ["| webp", "B 4000"], ["| enhanced", "B 16000"],
+    ]  # fmt: skip
+    assert lines[-1].endswith("| 80 | 1/4 |") and lines[0].endswith("| – | – |")

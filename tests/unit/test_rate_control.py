@@ -109,6 +109,25 @@ def test_every_window_is_within_a_few_percent_of_a_budget_inside_the_range(
     assert set(levels[int(FPS) :]) <= {lo, lo + 1}
 
 
+def test_an_enhancement_is_paid_back_by_the_frames_after_it() -> None:
+    budget = kbps(2600)
+    rate = BudgetRate(budget, LEVEL_BYTES, FPS)
+    simulate(rate, 10)
+    rate.charge(20_000)  # a 20 KB enhancement went out with the frames
+    times, levels, nbytes = [], [], []
+    for i in range(int(20 * FPS)):
+        now = 10 + i / FPS
+        level = rate.choose(now)
+        rate.record(now, level, int(LEVEL_BYTES[level]))
+        times.append(now), levels.append(level), nbytes.append(int(LEVEL_BYTES[level]))
+    # The next seconds pay it back at lower levels (steady: 2 and 3 around 2,600 B).
+    assert max(levels[: int(FPS)]) <= 2 and np.mean(levels[: int(2 * FPS)]) < 2
+    # Over the 10 s window that holds it, the enhancement is inside the budget.
+    first = int(10 * FPS)
+    spent = sum(nbytes[:first]) + 20_000
+    assert spent * 8 / 1000 / 10 == pytest.approx(budget, rel=0.05)
+
+
 def test_content_the_tables_did_not_expect_is_learned() -> None:
     # Actual sizes 35% above the tables, drifting, with per-frame noise.
     rng = np.random.default_rng(0)

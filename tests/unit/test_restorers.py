@@ -8,6 +8,7 @@ import pytest
 from cloud.restorers import (
     RESTORERS,
     DiffusionRestorer,
+    EnhancedRestorer,
     PreviewRestorer,
     uncrop_letterbox,
     view_size,
@@ -72,7 +73,11 @@ def test_uncrop_renders_at_the_size_asked_not_the_declared_one() -> None:
 
 
 def test_registry() -> None:
-    # Coarse to refined: the order the API lists them in, and the dashboard refines along.
-    assert RESTORERS == {"preview": PreviewRestorer, "diffusion": DiffusionRestorer}
-    assert list(RESTORERS) == ["preview", "diffusion"]
+    # Coarse to refined: the order the API lists them in, and the dashboard refines along
+    # (enhanced, the camera's own pixels, has a button of its own).
+    assert RESTORERS == {
+        "preview": PreviewRestorer, "diffusion": DiffusionRestorer, "enhanced": EnhancedRestorer,
+    }  # fmt: skip
+    assert list(RESTORERS) == ["preview", "diffusion", "enhanced"]
+    assert EnhancedRestorer.wants_enhancement and not PreviewRestorer.wants_enhancement
     assert "not the diffusion" in PreviewRestorer.description
