@@ -84,9 +84,7 @@ def view_metadata(
     P-frame of 300 B is rendered from its keyframe and the P-frames between, and saying 300
     B would flatter it. ``fchm:frame_bytes`` is the frame's own. An enhanced view adds its
     enhancement's bytes (``fchm:enhancement_bytes``), or says why it has none."""
-    extra_bytes = (
-        0 if enhancement is None or enhancement.payload is None else len(enhancement.payload)
-    )
+    extra_bytes = 0 if enhancement is None else enhancement.nbytes
     meta = {
         "Description": (
             f"FCHM {job.kind} view: a reconstruction from the machine bitstream, not the "
@@ -125,6 +123,10 @@ class Enhancement:
 
     payload: bytes | None
     fallback: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.payload is None else len(self.payload)
 
 
 class RestoreWorker:

@@ -309,6 +309,12 @@ RESTORERS: dict[str, type[Restorer]] = {
 }
 
 
+def wants_enhancement(kind: str) -> bool:
+    """Whether a view of this kind takes an enhancement budget (unknown kinds: no)."""
+    restorer = RESTORERS.get(kind)
+    return restorer is not None and restorer.wants_enhancement
+
+
 def load_restorers(
     bundle: Bundle,
     threads: int = 0,

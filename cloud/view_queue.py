@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection
 from typing import Protocol
 
 from cloud.metrics import CloudMetrics
-from cloud.restorers import RESTORERS
+from cloud.restorers import RESTORERS, wants_enhancement
 from cloud.settings import CloudSettings
 from cloud.store.frame_store import FrameStore, now_ns
 from cloud.store.records import ViewRecord
@@ -170,7 +170,7 @@ class DurableViewQueue:
             raise UnknownViewKind(kind, self.kinds)
         if not 0 <= priority <= 9:
             raise ValueError(f"priority {priority} outside 0..9")
-        if (kind == "enhanced") != (enhancement_bytes is not None):
+        if wants_enhancement(kind) != (enhancement_bytes is not None):
             raise ValueError("enhancement_bytes goes with kind enhanced, and only there")
         frame = self.store.get_frame(frame_id)
         if frame is None:

@@ -21,19 +21,23 @@ import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, features
 
+T = TypeVar("T")
+
 ENHANCEMENT_CODECS = ("avif", "webp")
-MIN_BUDGET_BYTES = 200
-"""Below this even the coarsest AVIF of a small frame does not fit (its header is ~300 B)."""
+MIN_BUDGET_BYTES = 320
+"""Below this nothing fits: the smallest AVIF there is, a flat 32×32 picture at quality 0, is
+306 B (measured; a 640×480 frame at 0.35 of its size and quality 0 takes ~700 B)."""
 MAX_BUDGET_BYTES = 4_000_000
 MAX_PIXELS = 4096 * 4096
 """The cloud decodes no payload larger than this, whatever its header claims."""
 SCALES = (1.0, 0.7, 0.5, 0.35)
 """Picture sizes tried, as fractions of the retained frame's."""
-_AVIF_SPEED = 6  # libaom's speed: 6 codes a 640x480 frame in ~60 ms on one core
+_AVIF_SPEED = 6  # libaom's: 6 codes a 640x480 frame in 90-120 ms on this 2-core machine
 
 
 class EnhancementError(ValueError):
@@ -91,17 +95,23 @@ def encode_enhancement(
     return best[1]
 
 
-def fit_quality(encode: Callable[[int], bytes], budget_bytes: int) -> tuple[int, bytes] | None:
-    """(quality, data) of the highest quality 0..100 whose ``encode(quality)`` fits the
-    budget, by bisection (size grows with quality nearly monotonically; each result is
-    checked against the budget, never assumed); None when quality 0 does not fit."""
-    best: tuple[int, bytes] | None = None
-    lo, hi = 0, 100
+def fit_quality(
+    encode: Callable[[int], T],
+    budget_bytes: int,
+    size: Callable[[T], int] = len,  # type: ignore[assignment]
+    lowest: int = 0,
+) -> tuple[int, T] | None:
+    """(quality, result) of the highest quality ``lowest``..100 whose ``encode(quality)`` is
+    at most the budget (``size`` of it), by bisection (size grows with quality nearly
+    monotonically; each result is checked against the budget, never assumed); None when
+    the lowest quality does not fit."""
+    best: tuple[int, T] | None = None
+    lo, hi = lowest, 100
     while lo <= hi:
         quality = (lo + hi) // 2
-        data = encode(quality)
-        if len(data) <= budget_bytes:
-            best, lo = (quality, data), quality + 1
+        result = encode(quality)
+        if size(result) <= budget_bytes:
+            best, lo = (quality, result), quality + 1
         else:
             hi = quality - 1
     return best

@@ -98,6 +98,10 @@ class Spool:
         self._frames, self._bytes = self._db.execute(
             "SELECT count(*), coalesce(sum(size), 0) FROM frames"
         ).fetchone()
+        # Counted, so the uplink's loop (every append and ack) reads no table while none wait.
+        self._enhancements = int(
+            self._db.execute("SELECT count(*) FROM enhancements").fetchone()[0]
+        )
 
     # ── state ────────────────────────────────────────────────────────────────
     @property
@@ -286,14 +290,16 @@ class Spool:
                 "INSERT OR IGNORE INTO enhancements VALUES (?, ?, ?, ?, ?)",
                 (e.request_id, e.sequence, time.time_ns(), e.unavailable, e.payload),
             )
-            if cursor.rowcount:
-                self._db.execute(
+            stored = bool(cursor.rowcount)
+            if stored:
+                evicted = self._db.execute(
                     "DELETE FROM enhancements WHERE request_id IN (SELECT request_id FROM "
                     "enhancements ORDER BY spooled_ns DESC LIMIT -1 OFFSET ?)",
                     (MAX_ENHANCEMENTS,),
-                )
+                ).rowcount
+                self._enhancements += 1 - evicted
             self.changed.notify_all()
-        return bool(cursor.rowcount)
+        return stored
 
     def has_enhancement(self, request_id: str) -> bool:
         with self._lock:
@@ -305,20 +311,26 @@ class Spool:
     def pending_enhancements(self, exclude: set[str], limit: int) -> list[SpooledEnhancement]:
         """Unacknowledged answers not in ``exclude`` (in flight), oldest first."""
         with self._lock:
+            if not self._enhancements:
+                return []  # no query: the uplink asks on every append and ack
+            marks = ",".join("?" * len(exclude))
             rows = self._db.execute(
                 "SELECT request_id, sequence, payload, unavailable FROM enhancements "
-                "ORDER BY spooled_ns"
+                f"WHERE request_id NOT IN ({marks}) ORDER BY spooled_ns LIMIT ?",
+                (*exclude, limit),
             ).fetchall()
-        out = [SpooledEnhancement(r, int(q), bytes(p), u) for r, q, p, u in rows]
-        return [e for e in out if e.request_id not in exclude][:limit]
+        return [SpooledEnhancement(r, int(q), bytes(p), u) for r, q, p, u in rows]
 
     def ack_enhancement(self, request_id: str) -> bool:
         with self.changed:
-            cursor = self._db.execute(
-                "DELETE FROM enhancements WHERE request_id = ?", (request_id,)
+            acked = bool(
+                self._db.execute(
+                    "DELETE FROM enhancements WHERE request_id = ?", (request_id,)
+                ).rowcount
             )
+            self._enhancements -= acked
             self.changed.notify_all()
-        return bool(cursor.rowcount)
+        return acked
 
     def wait_empty(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

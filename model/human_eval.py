@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from codec.enhancement import (
     decode_enhancement,
     default_codec,
     encode_enhancement,
+    fit_quality,
 )
 from edge.preprocess import letterbox
 from model.eval_metrics import coco_map
@@ -184,17 +186,9 @@ class FeatureDistance:
 
 
 def _at_bytes(codec: str, image: np.ndarray, budget: int) -> tuple[int, np.ndarray, float]:
-    """The highest quality whose file fits ``budget`` (quality 1 when none does)."""
-    lo, hi, best = 1, 100, None
-    while lo <= hi:
-        q = (lo + hi) // 2
-        coded = code_image(codec, image, q)
-        if coded.nbytes <= budget:
-            best, lo = coded, q + 1
-        else:
-            hi = q - 1
-    if best is None:
-        best = code_image(codec, image, 1)
+    """The highest quality 1..100 whose file fits ``budget`` (quality 1 when none does)."""
+    fit = fit_quality(partial(code_image, codec, image), budget, lambda c: c.nbytes, lowest=1)
+    best = code_image(codec, image, 1) if fit is None else fit[1]
     return best.nbytes, best.image, best.decode_s
 
 
@@ -229,9 +223,7 @@ def evaluate_human(
     # A kind that wants an enhancement payload (the cloud's enhanced view) is no view of the
     # machine bitstream alone: its rows are the "B n" ones below, which code the payload.
     views: dict[str, Restorer] = {
-        k: r
-        for k, r in loaded.items()
-        if k not in missing and not getattr(r, "wants_enhancement", False)
+        k: r for k, r in loaded.items() if k not in missing and not r.wants_enhancement
     }
     for name, path in cfg.extra_previews:
         views[name] = PreviewRestorer(bundle, cfg.threads, model=path)

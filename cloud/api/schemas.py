@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, computed_field, model_validator
 
 from cloud.api.params import INT64_MAX, Bucket, iso_utc, optional_iso
-from cloud.restorers import RESTORERS
+from cloud.restorers import RESTORERS, wants_enhancement
 from cloud.store.records import (
     CameraActivity,
     CameraRecord,
@@ -404,7 +404,7 @@ class ViewRequest(BaseModel):
 
     @model_validator(mode="after")
     def _enhancement_bytes(self) -> ViewRequest:
-        if (self.kind == "enhanced") != (self.enhancement_bytes is not None):
+        if wants_enhancement(self.kind) != (self.enhancement_bytes is not None):
             raise ValueError("enhancement_bytes is required for kind enhanced, and only there")
         return self
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -123,14 +123,3 @@ class EnhancementStore:
         if record.blob_key is None:
             raise LookupError(f"enhancement {record.id} has no payload ({record.status})")
         return self.blobs.get(record.blob_key)
-
-    def bytes_since(self, camera_id: str, since_ns: int) -> int:
-        """Enhancement bytes a camera sent since then: they count in its bandwidth."""
-        e = enhancements.c
-        with self.engine.connect() as conn:
-            total = conn.execute(
-                select(func.coalesce(func.sum(e.num_bytes), 0)).where(
-                    e.camera_id == camera_id, e.finished_ns >= since_ns, e.status == "stored"
-                )
-            ).scalar_one()
-        return int(total)

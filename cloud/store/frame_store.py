@@ -57,7 +57,7 @@ from cloud.store.records import (
     ViewRecord,
     view_preview_key,
 )
-from cloud.store.schema import cameras, detections, frames, views
+from cloud.store.schema import cameras, detections, enhancements, frames, views
 
 __all__ = ["FrameStore", "SequenceReused", "now_ns", "open_engine"]
 
@@ -353,9 +353,10 @@ class FrameStore:
             ]
 
     def camera_activity(self, camera_ids: Sequence[str], window_ns: int) -> list[CameraActivity]:
-        """Newest frame and the frames of the last ``window_ns`` of each camera: one index
-        range per camera (ix_frames_camera_time), not a scan of the frames table."""
-        f = frames.c
+        """Newest frame and the frames of the last ``window_ns`` of each camera, and the
+        enhancement bytes it sent in that window: one index range per camera and table
+        (ix_frames_camera_time, ix_enhancements_camera_finished), not a scan."""
+        f, e = frames.c, enhancements.c
         since = now_ns() - window_ns
         out = []
         with self.engine.connect() as conn:
@@ -371,6 +372,11 @@ class FrameStore:
                         f.camera_id == camera_id, f.capture_time_ns >= since
                     )
                 ).one()
+                extra = conn.execute(
+                    select(func.coalesce(func.sum(e.num_bytes), 0)).where(
+                        e.camera_id == camera_id, e.finished_ns >= since, e.status == "stored"
+                    )
+                ).scalar_one()
                 out.append(
                     CameraActivity(
                         camera_id=camera_id,
@@ -379,7 +385,7 @@ class FrameStore:
                         rate_level=None if newest is None else newest.rate_level,
                         frames=int(n),
                         num_bytes=int(total),
-                        enhancement_bytes=self.enhancements.bytes_since(camera_id, since),
+                        enhancement_bytes=int(extra),
                     )
                 )
         return out

@@ -134,4 +134,4 @@ def test_coder_answers_every_request_once(tmp_path: Path) -> None:
     assert not coded.unavailable and 0 < len(coded.payload) <= 6000
     assert _psnr(rgb, decode_enhancement(coded.payload, (rgb.shape[1], rgb.shape[0]))) > 25
     assert "no longer in the camera's retention buffer" in answers["b"].unavailable
-    assert "does not fit in 250 B" in answers["c"].unavailable
+    assert "budget 250 B outside" in answers["c"].unavailable
